@@ -1,0 +1,5 @@
+import sys
+
+from contrl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,86 @@
+"""PPO update rule (Schulman et al. 2017): clipped surrogate, value loss, entropy bonus.
+
+Reads top to bottom: for each epoch, for each shuffled minibatch of the rollout, compute the
+probability ratio r = pi(a|s) / pi_old(a|s), the clipped surrogate min(r*A, clip(r)*A), a
+(optionally clipped) value loss and the entropy; step Adam with gradient-norm clipping; stop
+the epochs early when the approximate KL passes ``target_kl``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from contrl.config import PPOConfig
+from contrl.storage.rollout import Rollout, minibatches
+
+
+class PPO:
+    def __init__(self, model: nn.Module, cfg: PPOConfig):
+        self.model, self.cfg = model, cfg
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+
+    def set_progress(self, fraction_done: float) -> float:
+        """Linear learning-rate annealing; returns the lr in force."""
+        lr = self.cfg.lr * (1.0 - fraction_done) if self.cfg.anneal_lr else self.cfg.lr
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        return lr
+
+    def update(self, rollout: Rollout, generator: torch.Generator) -> dict:
+        cfg, model = self.cfg, self.model
+        batch = rollout.flat()
+        stats: dict[str, list] = {k: [] for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")}
+        stop = False
+        for _epoch in range(cfg.n_epochs):
+            for mb in minibatches(batch, cfg.batch_size, generator):
+                pi_out, values = model(mb.obs)
+                dist = model.dist(pi_out)
+                logp = dist.log_prob(mb.actions)
+                log_ratio = logp - mb.logp
+                ratio = log_ratio.exp()
+
+                adv = mb.advantages
+                if cfg.normalize_advantage and adv.numel() > 1:
+                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                surrogate = torch.min(ratio * adv, ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range) * adv)
+                policy_loss = -surrogate.mean()
+
+                if cfg.clip_range_vf is None:
+                    value_loss = 0.5 * (values - mb.returns).pow(2).mean()
+                else:
+                    clipped = mb.values + (values - mb.values).clamp(-cfg.clip_range_vf, cfg.clip_range_vf)
+                    value_loss = 0.5 * torch.max((values - mb.returns).pow(2), (clipped - mb.returns).pow(2)).mean()
+
+                entropy = dist.entropy().mean()
+                loss = policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy
+
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.max_grad_norm > 0:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+
+                with torch.no_grad():
+                    approx_kl = ((ratio - 1) - log_ratio).mean().item()  # unbiased estimator (Schulman)
+                    clip_frac = ((ratio - 1).abs() > cfg.clip_range).float().mean().item()
+                stats["policy_loss"].append(policy_loss.item())
+                stats["value_loss"].append(value_loss.item())
+                stats["entropy"].append(entropy.item())
+                stats["approx_kl"].append(approx_kl)
+                stats["clip_fraction"].append(clip_frac)
+                if cfg.target_kl is not None and approx_kl > 1.5 * cfg.target_kl:
+                    stop = True
+                    break
+            if stop:
+                break
+        out = {k: float(np.mean(v)) for k, v in stats.items()}
+        out["epochs_done"] = _epoch + 1
+        return out
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])

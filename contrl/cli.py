@@ -1,0 +1,157 @@
+"""``contrl`` command line: train | eval | play | plot.
+
+Errors caused by the input print one line (``contrl: error: ...``) and exit 2, without a
+traceback. Ctrl-C during training saves a checkpoint, prints how to resume, and exits 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Optional
+
+from contrl.errors import ContrlError
+
+
+def _fmt_eval(ev: dict) -> str:
+    kind = "deterministic" if ev["deterministic"] else "stochastic"
+    return f"{ev['mean']:.2f} +- {ev['std']:.2f} over {ev['episodes']} episodes ({kind})"
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from contrl.api import train
+    from contrl.config import describe_keys, parse_assignments
+    from contrl.runners.sync import Interrupted
+
+    if a.help_keys:
+        print("config keys (--set key=value; bare names resolve to the algorithm, then net):")
+        print(describe_keys())
+        return 0
+    if a.resume is None and a.algo is None:
+        raise ContrlError("give an algorithm (contrl train ppo --env CartPole-v1) or --resume RUN")
+    overrides = parse_assignments(a.set, "--set")
+    env_kwargs = parse_assignments(a.env_kwargs, "--env-kwargs")
+    try:
+        agent = train(a.algo or "ppo", a.env, steps=a.steps, seed=a.seed, preset=a.preset,
+                      env_kwargs=env_kwargs, overrides=overrides, out=a.out, force=a.force,
+                      resume=a.resume, quiet=a.quiet, tensorboard=not a.no_tensorboard)
+    except Interrupted as e:
+        print(f"contrl: {e}", file=sys.stderr)
+        return 130
+    s = agent.summary
+    print(f"run folder: {s['run_dir']}")
+    if "final_eval" in s:
+        print(f"final evaluation: {_fmt_eval(s['final_eval'])}")
+    print(f"best periodic evaluation: {s['best_eval']:.2f}")
+    print(f"compute: {s['steps']:,} steps in {s['wall_s']:.1f} wall-s, {s['cpu_s']:.1f} CPU-s "
+          f"({s['steps_per_s']:,.0f} steps/s)")
+    return 0
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from contrl.agent import load
+
+    agent = load(a.target, prefer=a.checkpoint)
+    env_kwargs = None
+    if a.env_kwargs:
+        from contrl.config import parse_assignments
+
+        env_kwargs = {**agent.config.env_kwargs, **parse_assignments(a.env_kwargs, "--env-kwargs")}
+    ev = agent.evaluate(a.episodes, seed=a.seed, deterministic=not a.stochastic, env=a.env, env_kwargs=env_kwargs)
+    if a.json:
+        print(json.dumps(ev))
+    else:
+        print(f"{agent.config.algo} on {a.env or agent.config.env}: {_fmt_eval(ev)}")
+    return 0
+
+
+def cmd_play(a: argparse.Namespace) -> int:
+    from contrl.agent import load
+    from contrl.record.video import play
+
+    agent = load(a.target, prefer=a.checkpoint)
+    out = play(agent, episodes=a.episodes, video=a.video, seed=a.seed, deterministic=not a.stochastic)
+    for i, r in enumerate(out["returns"]):
+        print(f"episode {i + 1}: return {r:.2f}")
+    if out["video"]:
+        print(f"video: {out['video']} ({out['frames']} frames)")
+    return 0
+
+
+def cmd_plot(a: argparse.Namespace) -> int:
+    from contrl.record.plots import plot_runs
+
+    out = plot_runs(a.runs, a.out, window=a.window)
+    print(f"plot: {out}")
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, like every other input error
+        raise ContrlError(f"{message} (see '{self.prog} --help')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="contrl", description="Train, evaluate, record and compare actor-critic agents.")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser, required=True)
+
+    t = sub.add_parser("train", help="train an agent")
+    t.add_argument("algo", nargs="?", help="algorithm: ppo")
+    t.add_argument("--env", help="Gymnasium id (LunarLander-v3) or package.module:ClassName")
+    t.add_argument("--steps", type=float, help="total environment steps (1e6 or 1000000)")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--preset", help="preset name (e.g. chapter) or a YAML file")
+    t.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="override config keys, e.g. --set lr=1e-3 net.hidden=[128,128]")
+    t.add_argument("--env-kwargs", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="keyword arguments for gymnasium.make, e.g. continuous=true")
+    t.add_argument("--out", help="run folder (default runs/ALGO-ENV-sSEED)")
+    t.add_argument("--force", action="store_true", help="overwrite an existing run folder")
+    t.add_argument("--resume", metavar="RUN", help="continue RUN from its latest checkpoint")
+    t.add_argument("--quiet", action="store_true", help="no progress output")
+    t.add_argument("--no-tensorboard", action="store_true", help="CSV logs only")
+    t.add_argument("--help-keys", action="store_true", help="list every config key and its default")
+    t.set_defaults(func=cmd_train)
+
+    for name, helptext in (("eval", "evaluate a trained agent"), ("play", "watch or record a trained agent")):
+        e = sub.add_parser(name, help=helptext)
+        e.add_argument("target", metavar="RUN_OR_CHECKPOINT")
+        e.add_argument("--episodes", type=int, default=10 if name == "eval" else 1)
+        e.add_argument("--seed", type=int, default=0)
+        g = e.add_mutually_exclusive_group()
+        g.add_argument("--deterministic", action="store_true", help="act with the mode (default)")
+        g.add_argument("--stochastic", action="store_true", help="sample actions")
+        e.add_argument("--checkpoint", choices=["best", "latest"], default="best",
+                       help="which checkpoint of a run folder (default best, else latest)")
+        if name == "eval":
+            e.add_argument("--env", help="evaluate on another env with the same spaces")
+            e.add_argument("--env-kwargs", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
+            e.add_argument("--json", action="store_true", help="print the result as JSON")
+            e.set_defaults(func=cmd_eval)
+        else:
+            e.add_argument("--video", help="record to this .mp4 or .gif instead of showing a window")
+            e.set_defaults(func=cmd_play)
+
+    pl = sub.add_parser("plot", help="learning curves of one or more runs")
+    pl.add_argument("runs", nargs="+", metavar="RUN")
+    pl.add_argument("--out", default="curves.png")
+    pl.add_argument("--window", type=int, default=20, help="episodes in the moving average")
+    pl.set_defaults(func=cmd_plot)
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except ContrlError as e:
+        print(f"contrl: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("contrl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

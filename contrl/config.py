@@ -1,0 +1,363 @@
+"""Typed run configuration: dataclasses, YAML presets, ``--set key=value`` overrides, validation.
+
+A run is one :class:`Config`. Its algorithm's hyper-parameters live in one dataclass per update
+rule (``ppo: PPOConfig``) and the network's in ``net: NetConfig``. Values are merged in this
+order: dataclass defaults < preset YAML < explicit arguments (``--steps``, ``--seed``, ...) <
+``--set`` overrides. The merged result is printed at start and saved as ``config.json`` in the
+run folder, so every value a run used can be found in one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from contrl.errors import ContrlError
+
+PRESET_DIR = Path(__file__).parent / "presets"
+ALGOS = ("ppo",)
+
+
+@dataclass
+class NetConfig:
+    """The network: an MLP torso (or two: actor and critic) and heads chosen from the spaces."""
+
+    hidden: list[int] = field(default_factory=lambda: [64, 64])  # hidden layer widths
+    activation: str = "tanh"  # tanh | relu
+    shared: bool = False  # one torso for policy and value (the chapter's net) or two
+    ortho_init: bool = True  # orthogonal init; policy head gain 0.01, value head gain 1
+    log_std_init: float = 0.0  # initial log-std of the Gaussian policy (Box actions)
+
+
+@dataclass
+class PPOConfig:
+    """PPO (Schulman et al. 2017). Names follow Stable-Baselines3 where they exist."""
+
+    lr: float = 3e-4  # Adam learning rate
+    anneal_lr: bool = False  # linear decay of lr to 0 over the run
+    n_steps: int = 128  # rollout length T per environment
+    batch_size: int = 256  # minibatch size (samples)
+    n_epochs: int = 10  # passes over each rollout
+    gamma: float = 0.99  # discount
+    gae_lambda: float = 0.95  # GAE lambda
+    clip_range: float = 0.2  # surrogate clip epsilon
+    clip_range_vf: Optional[float] = None  # value clipping around old values (None: off)
+    normalize_advantage: bool = True  # per-minibatch advantage normalisation
+    ent_coef: float = 0.0  # entropy bonus coefficient
+    vf_coef: float = 0.5  # value loss coefficient
+    max_grad_norm: float = 0.5  # gradient-norm clipping (0: off)
+    target_kl: Optional[float] = None  # stop the epochs early past this approx KL (None: off)
+    adam_eps: float = 1e-5
+
+
+@dataclass
+class Config:
+    """One training run."""
+
+    algo: str = "ppo"
+    env: str = "LunarLander-v3"  # Gymnasium id, or package.module:ClassName
+    env_kwargs: dict = field(default_factory=dict)  # passed to gymnasium.make
+    steps: int = 1_000_000  # total environment steps (all envs)
+    seed: int = 0
+    n_envs: int = 8  # environments stepped in lock-step
+    vec: str = "auto"  # inprocess | subprocess | auto (subprocess when an env step is slow)
+    norm_obs: bool = False  # running mean/std observation normalisation (saved, used at eval)
+    norm_reward: bool = False  # scale rewards by the std of the discounted return
+    clip_obs: float = 10.0  # clip normalised observations to +-clip_obs
+    eval_every: int = 0  # evaluate every N steps (0: 10 times per run)
+    eval_episodes: int = 10  # episodes per periodic evaluation
+    final_eval_episodes: int = 20  # episodes of the final evaluation
+    checkpoint_every: int = 0  # save latest.pt every N steps (0: at each evaluation)
+    threads: int = 1  # torch intra-op threads (tiny nets are fastest on one)
+    preset: str = ""  # preset the values came from (informational)
+    net: NetConfig = field(default_factory=NetConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+
+    def algo_config(self):
+        return getattr(self, self.algo)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+
+SECTIONS = {"net": NetConfig, "ppo": PPOConfig}
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Turn a YAML/CLI value into the field's type, or raise a one-line error."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Union and type(None) in args:
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner)
+    bad = ContrlError(
+        f"'{key}' expects {getattr(hint, '__name__', str(hint))}, got {value!r}; "
+        f"fix the value (e.g. --set {key}=...)"
+    )
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise bad
+    if hint is int:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int):
+            return value
+        try:
+            f = float(value)
+        except (TypeError, ValueError):
+            raise bad from None
+        if f != f or f in (float("inf"), float("-inf")) or f != int(f):
+            raise bad
+        return int(f)
+    if hint is float:
+        if isinstance(value, bool):
+            raise bad
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise bad from None
+    if hint is str:
+        if isinstance(value, (dict, list)):
+            raise bad
+        return str(value)
+    if origin is list:
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        return [_coerce(key, v, args[0]) for v in value]
+    if hint is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        return dict(value)
+    raise bad  # pragma: no cover - every field type is handled above
+
+
+def parse_scalar(text: str) -> Any:
+    """Parse a CLI value as YAML (numbers, bools, lists), keeping plain strings as strings."""
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        return text
+
+
+def _all_keys() -> list[str]:
+    keys = [f.name for f in dataclasses.fields(Config) if f.name not in SECTIONS]
+    for sec, cls in SECTIONS.items():
+        keys += [f"{sec}.{f.name}" for f in dataclasses.fields(cls)]
+    return keys
+
+
+def resolve_key(key: str, algo: str) -> tuple[Optional[str], str]:
+    """Map 'lr', 'ppo.lr' or 'net.hidden' to (section or None, field). Unknown -> error."""
+    top = {f.name for f in dataclasses.fields(Config)} - set(SECTIONS)
+    if "." in key:
+        sec, name = key.split(".", 1)
+        if sec in SECTIONS and name in {f.name for f in dataclasses.fields(SECTIONS[sec])}:
+            return sec, name
+    elif key in top:
+        return None, key
+    else:
+        # a bare name: the run's algorithm section first, then the network
+        for sec in (algo, "net"):
+            if sec in SECTIONS and key in {f.name for f in dataclasses.fields(SECTIONS[sec])}:
+                return sec, key
+    close = difflib.get_close_matches(key, _all_keys(), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; see 'contrl train --help-keys'"
+    raise ContrlError(f"unknown config key '{key}'{hint}")
+
+
+def apply(cfg: Config, values: dict, source: str) -> None:
+    """Apply a (possibly nested) mapping of values onto cfg, coercing and checking keys."""
+    if not isinstance(values, dict):
+        raise ContrlError(f"{source} must be a mapping of config keys to values")
+    for key, value in values.items():
+        key = str(key)
+        if key in SECTIONS and isinstance(value, dict):
+            for sub, v in value.items():
+                _set(cfg, f"{key}.{sub}", v)
+        else:
+            _set(cfg, key, value)
+
+
+def _set(cfg: Config, key: str, value: Any) -> None:
+    sec, name = resolve_key(key, cfg.algo)
+    target = getattr(cfg, sec) if sec else cfg
+    hint = _hints(type(target))[name]
+    setattr(target, name, _coerce(key, value, hint))
+
+
+def parse_assignments(items: list[str], what: str = "--set") -> dict:
+    """['a=1', 'b=x'] -> {'a': 1, 'b': 'x'}."""
+    out: dict = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ContrlError(f"{what} expects key=value, got '{item}'; write e.g. {what} lr=0.001")
+        k, v = item.split("=", 1)
+        if not k:
+            raise ContrlError(f"{what} expects key=value, got '{item}'")
+        out[k.strip()] = parse_scalar(v)
+    return out
+
+
+def list_presets(algo: str) -> list[str]:
+    d = PRESET_DIR / algo
+    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
+
+
+def default_preset(algo: str, env: str, env_kwargs: dict) -> Optional[str]:
+    """The tuned preset for this env, if contrl ships one (e.g. LunarLander-v3-continuous)."""
+    name = env + ("-continuous" if env_kwargs.get("continuous") else "")
+    return name if name in list_presets(algo) else None
+
+
+def load_preset(algo: str, preset: str) -> dict:
+    path = Path(preset)
+    if preset.endswith((".yaml", ".yml")):
+        if not path.is_file():
+            raise ContrlError(f"preset file '{preset}' not found; give an existing YAML file")
+    else:
+        path = PRESET_DIR / algo / f"{preset}.yaml"
+        if not path.is_file():
+            names = list_presets(algo)
+            close = difflib.get_close_matches(preset, names, n=3, cutoff=0.5)
+            hint = f"did you mean {', '.join(close)}? " if close else ""
+            raise ContrlError(
+                f"unknown {algo} preset '{preset}'; {hint}available: {', '.join(names)}"
+            )
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ContrlError(f"preset {path} is not valid YAML ({str(e).splitlines()[0]}); fix the file") from None
+    if not isinstance(data, dict):
+        raise ContrlError(f"preset {path} must be a mapping of config keys to values")
+    return data
+
+
+def build_config(
+    algo: str,
+    env: Optional[str] = None,
+    *,
+    preset: Optional[str] = None,
+    steps: Optional[int] = None,
+    seed: Optional[int] = None,
+    env_kwargs: Optional[dict] = None,
+    overrides: Optional[dict] = None,
+) -> Config:
+    """Merge defaults < preset < explicit arguments < overrides, then validate."""
+    if algo not in ALGOS:
+        close = difflib.get_close_matches(algo, ALGOS, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise ContrlError(f"unknown algorithm '{algo}'; {hint}available: {', '.join(ALGOS)}")
+    cfg = Config(algo=algo)
+    env_kwargs = dict(env_kwargs or {})
+    if preset is None and env is not None:
+        preset = default_preset(algo, env, env_kwargs)
+    if preset:
+        data = load_preset(algo, preset)
+        apply(cfg, data, f"preset '{preset}'")
+        cfg.preset = preset
+    if env is not None:
+        if cfg.env != env:
+            cfg.env_kwargs = {}
+        cfg.env = env
+    cfg.env_kwargs.update(env_kwargs)
+    if steps is not None:
+        cfg.steps = _coerce("steps", steps, int)
+    if seed is not None:
+        cfg.seed = _coerce("seed", seed, int)
+    if overrides:
+        apply(cfg, overrides, "--set")
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(data: dict) -> Config:
+    cfg = Config(algo=data.get("algo", "ppo"))
+    apply(cfg, {k: v for k, v in data.items() if k != "algo"}, "config.json")
+    validate(cfg)
+    return cfg
+
+
+def _need(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ContrlError(msg)
+
+
+def validate(cfg: Config) -> None:
+    """Range checks with one-line errors naming the key and the fix."""
+    _need(cfg.steps > 0, f"steps must be > 0, got {cfg.steps}; use e.g. --steps 100000")
+    _need(cfg.n_envs >= 1, f"n_envs must be >= 1, got {cfg.n_envs}; use e.g. --set n_envs=8")
+    _need(cfg.seed >= 0, f"seed must be >= 0, got {cfg.seed}")
+    _need(cfg.vec in ("auto", "inprocess", "subprocess"),
+          f"vec must be auto, inprocess or subprocess, got '{cfg.vec}'")
+    _need(cfg.clip_obs > 0, f"clip_obs must be > 0, got {cfg.clip_obs}")
+    _need(cfg.eval_every >= 0, f"eval_every must be >= 0 (0: automatic), got {cfg.eval_every}")
+    _need(cfg.eval_episodes >= 1, f"eval_episodes must be >= 1, got {cfg.eval_episodes}")
+    _need(cfg.final_eval_episodes >= 0, f"final_eval_episodes must be >= 0, got {cfg.final_eval_episodes}")
+    _need(cfg.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {cfg.checkpoint_every}")
+    _need(cfg.threads >= 1, f"threads must be >= 1, got {cfg.threads}")
+    n = cfg.net
+    _need(len(n.hidden) >= 1 and all(h >= 1 for h in n.hidden),
+          f"net.hidden must be a non-empty list of positive widths, got {n.hidden}")
+    _need(n.activation in ("tanh", "relu"), f"net.activation must be tanh or relu, got '{n.activation}'")
+    if cfg.algo == "ppo":
+        p = cfg.ppo
+        _need(p.lr > 0, f"lr must be > 0, got {p.lr}; use e.g. --set lr=3e-4")
+        _need(0 < p.gamma <= 1, f"gamma must be in (0, 1], got {p.gamma}; use e.g. --set gamma=0.99")
+        _need(0 <= p.gae_lambda <= 1, f"gae_lambda must be in [0, 1], got {p.gae_lambda}")
+        _need(p.clip_range > 0, f"clip_range must be > 0, got {p.clip_range}; use e.g. --set clip_range=0.2")
+        _need(p.clip_range_vf is None or p.clip_range_vf > 0,
+              f"clip_range_vf must be > 0 or none, got {p.clip_range_vf}")
+        _need(p.n_steps >= 1, f"n_steps must be >= 1, got {p.n_steps}")
+        _need(p.n_epochs >= 1, f"n_epochs must be >= 1, got {p.n_epochs}")
+        _need(p.batch_size >= 1, f"batch_size must be >= 1, got {p.batch_size}")
+        rollout = p.n_steps * cfg.n_envs
+        _need(p.batch_size <= rollout,
+              f"batch_size {p.batch_size} is larger than the rollout n_steps*n_envs = {rollout}; "
+              f"lower batch_size or raise n_steps/n_envs")
+        _need(p.ent_coef >= 0, f"ent_coef must be >= 0, got {p.ent_coef}")
+        _need(p.vf_coef >= 0, f"vf_coef must be >= 0, got {p.vf_coef}")
+        _need(p.max_grad_norm >= 0, f"max_grad_norm must be >= 0 (0: off), got {p.max_grad_norm}")
+        _need(p.target_kl is None or p.target_kl > 0, f"target_kl must be > 0 or none, got {p.target_kl}")
+        _need(p.adam_eps > 0, f"adam_eps must be > 0, got {p.adam_eps}")
+        _need(cfg.steps >= rollout,
+              f"steps {cfg.steps} is less than one rollout (n_steps*n_envs = {rollout}); raise --steps")
+
+
+def describe_keys() -> str:
+    """All config keys with their defaults, for --help-keys."""
+    lines = []
+    cfg = Config()
+    for f in dataclasses.fields(Config):
+        if f.name in SECTIONS:
+            continue
+        lines.append(f"  {f.name} = {getattr(cfg, f.name)!r}")
+    for sec in SECTIONS:
+        obj = getattr(cfg, sec)
+        for f in dataclasses.fields(obj):
+            lines.append(f"  {sec}.{f.name} = {getattr(obj, f.name)!r}")
+    return "\n".join(lines)

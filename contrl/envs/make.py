@@ -1,0 +1,119 @@
+"""Making environments: Gymnasium ids or ``package.module:ClassName``, with clear errors."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import os
+import warnings
+from typing import Any, Optional
+
+import gymnasium as gym
+import numpy as np
+
+from contrl.errors import ContrlError
+
+warnings.filterwarnings("ignore", message=".*compiler attribute.*")
+
+
+def _suggest(env_id: str) -> str:
+    ids = list(gym.registry.keys())
+    base = env_id.rsplit("-v", 1)[0]
+    same_name = sorted(i for i in ids if i.rsplit("-v", 1)[0] == base)
+    close = same_name or difflib.get_close_matches(env_id, ids, n=3, cutoff=0.6)
+    return f"; did you mean {', '.join(close[:3])}?" if close else "; see gymnasium.registry for ids"
+
+
+def resolve_env(env: str) -> str:
+    """Return a registered Gymnasium id for ``env`` (registering ``module:Class`` on the fly)."""
+    if ":" in env and not env.startswith("ale_py"):
+        module_name, _, cls_name = env.partition(":")
+        if cls_name in gym.registry:  # gymnasium's own "module:EnvId" form
+            try:
+                importlib.import_module(module_name)
+            except Exception as e:  # noqa: BLE001 - reported as one line
+                raise ContrlError(f"cannot import module '{module_name}' ({e}); check the name and that it is installed") from None
+            return cls_name
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as e:  # noqa: BLE001
+            raise ContrlError(
+                f"cannot import module '{module_name}' for env '{env}' ({type(e).__name__}: {e}); "
+                f"check the module path and that it is installed"
+            ) from None
+        cls = getattr(module, cls_name, None)
+        if cls is None:
+            raise ContrlError(f"module '{module_name}' has no class '{cls_name}'; check the name after ':'")
+        env_id = f"contrl-custom/{module_name}.{cls_name}-v0"
+        if env_id not in gym.registry:
+            gym.register(id=env_id, entry_point=env)
+        return env_id
+    if env not in gym.registry:
+        raise ContrlError(f"unknown environment '{env}'{_suggest(env)}")
+    return env
+
+
+def make_env(env: str, env_kwargs: Optional[dict] = None, render_mode: Optional[str] = None) -> gym.Env:
+    env_id = resolve_env(env)
+    kwargs = dict(env_kwargs or {})
+    if render_mode is not None:
+        kwargs["render_mode"] = render_mode
+    try:
+        e = gym.make(env_id, **kwargs)
+    except gym.error.DependencyNotInstalled as err:
+        raise ContrlError(f"environment '{env}' needs an extra package: {str(err).splitlines()[0]}") from None
+    except TypeError as err:
+        raise ContrlError(f"bad --env-kwargs for '{env}': {err}; check the keyword names") from None
+    except gym.error.Error as err:
+        raise ContrlError(f"cannot make environment '{env}': {err}") from None
+    check_spaces(e.observation_space, e.action_space, env)
+    return e
+
+
+def check_spaces(obs_space: Any, act_space: Any, env: str = "env") -> None:
+    if not isinstance(obs_space, gym.spaces.Box):
+        raise ContrlError(
+            f"observation space {obs_space} of '{env}' is not supported; contrl supports Box "
+            f"(vector) observations: flatten Dict/Tuple spaces with gymnasium.wrappers.FlattenObservation"
+        )
+    if len(obs_space.shape) > 1 and np.prod(obs_space.shape) > 4096:
+        raise ContrlError(
+            f"observation space {obs_space} of '{env}' looks like images, which are not supported; "
+            f"use a vector-observation env"
+        )
+    if isinstance(act_space, gym.spaces.Discrete):
+        return
+    if isinstance(act_space, gym.spaces.Box) and len(act_space.shape) == 1:
+        if not (np.all(np.isfinite(act_space.low)) and np.all(np.isfinite(act_space.high))):
+            raise ContrlError(f"action space {act_space} of '{env}' has infinite bounds; contrl needs finite Box bounds")
+        return
+    raise ContrlError(
+        f"action space {act_space} of '{env}' is not supported; contrl supports Discrete and 1-D Box actions"
+    )
+
+
+def space_signature(obs_space: Any, act_space: Any) -> dict:
+    """A JSON description of the spaces, stored in checkpoints and compared on load."""
+    sig: dict = {"obs_shape": list(obs_space.shape)}
+    if isinstance(act_space, gym.spaces.Discrete):
+        sig["action"] = {"type": "discrete", "n": int(act_space.n)}
+    else:
+        sig["action"] = {
+            "type": "box",
+            "shape": list(act_space.shape),
+            "low": [float(x) for x in act_space.low],
+            "high": [float(x) for x in act_space.high],
+        }
+    return sig
+
+
+def headless() -> bool:
+    return not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def prepare_headless_rendering() -> None:
+    """Pick software/EGL back-ends so rendering works without a screen."""
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    if os.environ["MUJOCO_GL"] == "egl":
+        os.environ.setdefault("PYOPENGL_PLATFORM", "egl")

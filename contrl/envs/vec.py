@@ -1,0 +1,268 @@
+"""Vector environments stepped in lock-step: in-process, or in worker subprocesses.
+
+Both back-ends host the same :class:`EnvSlot` objects, so their behaviour is identical:
+- auto-reset in the same step (the returned observation is the next episode's first one; the
+  last observation of the finished episode is returned in ``final_obs`` for bootstrapping),
+- episode return/length bookkeeping on the raw rewards,
+- an exact save/restore of each environment: a slot records how its current episode began (the
+  seed, or the environment's RNG state before the reset) and the actions taken since, so a
+  restored slot replays them and continues bit-for-bit. This is what makes ``--resume`` exact.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+from contrl.envs.make import make_env
+
+
+@dataclass
+class StepResult:
+    obs: np.ndarray  # [N, D] float32, next observations (first obs of a new episode after a reset)
+    rewards: np.ndarray  # [N] float32, raw env rewards
+    terminated: np.ndarray  # [N] bool
+    truncated: np.ndarray  # [N] bool
+    final_obs: np.ndarray  # [N, D] float32, last obs of a finished episode (zeros elsewhere)
+    episodes: list  # [(env index, return, length)] of episodes that ended this step
+
+
+def _rng_of(env):
+    return getattr(env.unwrapped, "_np_random", None)
+
+
+class EnvSlot:
+    """One environment with auto-reset, episode stats and exact save/restore by replay."""
+
+    def __init__(self, env, seed: int):
+        self.env = env
+        self.seed = seed
+        self.discrete = hasattr(env.action_space, "n")
+        self.reset()
+
+    def reset(self) -> np.ndarray:
+        obs, _ = self.env.reset(seed=self.seed)
+        self.start = {"seed": self.seed}
+        self.actions: list = []
+        self.ep_return, self.ep_len = 0.0, 0
+        self.obs = obs
+        return obs
+
+    def step(self, action):
+        action = int(action) if self.discrete else np.array(action, copy=True)
+        obs, reward, terminated, truncated, _ = self.env.step(action)
+        self.actions.append(action)
+        self.ep_return += float(reward)
+        self.ep_len += 1
+        final, episode = None, None
+        if terminated or truncated:
+            final, episode = obs, (self.ep_return, self.ep_len)
+            rng = _rng_of(self.env)
+            self.start = {"rng": json.dumps(rng.bit_generator.state)} if rng is not None else {"unseeded": True}
+            obs, _ = self.env.reset()
+            self.actions = []
+            self.ep_return, self.ep_len = 0.0, 0
+        self.obs = obs
+        return obs, reward, terminated, truncated, final, episode
+
+    def get_state(self) -> dict:
+        return {
+            "start": dict(self.start),
+            "actions": np.asarray(self.actions).tolist(),
+            "ep_return": self.ep_return,
+            "ep_len": self.ep_len,
+        }
+
+    def set_state(self, state: dict) -> np.ndarray:
+        start = state["start"]
+        if "seed" in start:
+            obs, _ = self.env.reset(seed=start["seed"])
+        else:
+            if "rng" in start and _rng_of(self.env) is not None:
+                gen = np.random.Generator(np.random.PCG64())
+                gen.bit_generator.state = json.loads(start["rng"])
+                self.env.unwrapped._np_random = gen
+            obs, _ = self.env.reset()
+        actions = state["actions"]
+        for a in actions:
+            a = int(a) if self.discrete else np.asarray(a, dtype=self.env.action_space.dtype)
+            obs, _, term, trunc, _ = self.env.step(a)
+            if term or trunc:
+                raise RuntimeError("environment is not deterministic: replay ended its episode early")
+        self.start = dict(start)
+        self.actions = [int(a) if self.discrete else np.asarray(a, dtype=self.env.action_space.dtype) for a in actions]
+        self.ep_return, self.ep_len = float(state["ep_return"]), int(state["ep_len"])
+        self.obs = obs
+        return obs
+
+
+def _step_slots(slots: list[EnvSlot], actions) -> list:
+    return [s.step(a) for s, a in zip(slots, actions)]
+
+
+def _worker(conn, env: str, env_kwargs: dict, seeds: list[int]) -> None:
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+        slots = [EnvSlot(make_env(env, env_kwargs), s) for s in seeds]
+        conn.send(("ok", [s.obs for s in slots]))
+        while True:
+            cmd, data = conn.recv()
+            if cmd == "step":
+                conn.send(("ok", _step_slots(slots, data)))
+            elif cmd == "get_state":
+                conn.send(("ok", [s.get_state() for s in slots]))
+            elif cmd == "set_state":
+                conn.send(("ok", [s.set_state(st) for s, st in zip(slots, data)]))
+            elif cmd == "close":
+                for s in slots:
+                    s.env.close()
+                conn.send(("ok", None))
+                return
+    except (KeyboardInterrupt, EOFError):
+        return
+    except Exception as e:  # noqa: BLE001 - forwarded to the parent
+        try:
+            conn.send(("error", f"{type(e).__name__}: {e}"))
+        except Exception:  # noqa: BLE001
+            pass
+
+
+class VecEnv:
+    """N environments in lock-step; ``step(actions)`` returns a :class:`StepResult`."""
+
+    def __init__(self, env: str, env_kwargs: dict, seeds: list[int], subprocess: bool = False,
+                 n_procs: Optional[int] = None):
+        self.n = len(seeds)
+        self.subprocess = subprocess
+        self._closed = False
+        probe = make_env(env, env_kwargs)
+        self.observation_space, self.action_space = probe.observation_space, probe.action_space
+        self.obs_dim = int(np.prod(self.observation_space.shape))
+        if not subprocess:
+            self.slots = [EnvSlot(probe if i == 0 else make_env(env, env_kwargs), s) for i, s in enumerate(seeds)]
+            self.obs = self._stack([s.obs for s in self.slots])
+            return
+        probe.close()
+        n_procs = max(1, min(n_procs or self.n, self.n))
+        chunks = np.array_split(np.arange(self.n), n_procs)
+        self.chunks = [c.tolist() for c in chunks]
+        ctx = mp.get_context("spawn")
+        self.conns, self.procs = [], []
+        for idx in self.chunks:
+            parent, child = ctx.Pipe()
+            p = ctx.Process(target=_worker, args=(child, env, env_kwargs, [seeds[i] for i in idx]), daemon=True)
+            p.start()
+            child.close()
+            self.conns.append(parent)
+            self.procs.append(p)
+        first = self._gather()
+        self.obs = self._stack([o for chunk in first for o in chunk])
+
+    def _stack(self, obs_list) -> np.ndarray:
+        return np.asarray(obs_list, dtype=np.float32).reshape(len(obs_list), self.obs_dim)
+
+    def _gather(self) -> list:
+        out = []
+        for i, c in enumerate(self.conns):
+            try:
+                status, data = c.recv()
+            except EOFError:
+                raise RuntimeError(f"environment worker {i} died (exit code {self.procs[i].exitcode})") from None
+            if status == "error":
+                raise RuntimeError(f"environment worker {i} failed: {data}")
+            out.append(data)
+        return out
+
+    def _call(self, cmd: str, per_env: Optional[list] = None) -> list:
+        """Run a command on every slot; returns per-env results in env order."""
+        if not self.subprocess:
+            if cmd == "step":
+                return _step_slots(self.slots, per_env)
+            if cmd == "get_state":
+                return [s.get_state() for s in self.slots]
+            return [s.set_state(st) for s, st in zip(self.slots, per_env)]
+        for c, idx in zip(self.conns, self.chunks):
+            c.send((cmd, [per_env[i] for i in idx] if per_env is not None else None))
+        return [r for chunk in self._gather() for r in chunk]
+
+    def step(self, actions: np.ndarray) -> StepResult:
+        results = self._call("step", list(actions))
+        obs = self._stack([r[0] for r in results])
+        rewards = np.fromiter((r[1] for r in results), dtype=np.float32, count=self.n)
+        terminated = np.fromiter((r[2] for r in results), dtype=bool, count=self.n)
+        truncated = np.fromiter((r[3] for r in results), dtype=bool, count=self.n)
+        final_obs = np.zeros_like(obs)
+        episodes = []
+        for i, r in enumerate(results):
+            if r[4] is not None:
+                final_obs[i] = np.asarray(r[4], dtype=np.float32).reshape(-1)
+                episodes.append((i, r[5][0], r[5][1]))
+        self.obs = obs
+        return StepResult(obs, rewards, terminated, truncated, final_obs, episodes)
+
+    def get_state(self) -> list[dict]:
+        return self._call("get_state")
+
+    def set_state(self, states: list[dict]) -> np.ndarray:
+        if len(states) != self.n:
+            raise ValueError(f"saved state has {len(states)} envs, this run has {self.n}")
+        self.obs = self._stack(self._call("set_state", states))
+        return self.obs
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if not self.subprocess:
+            for s in self.slots:
+                s.env.close()
+            return
+        for c in self.conns:
+            try:
+                c.send(("close", None))
+            except (BrokenPipeError, OSError):
+                pass
+        for p in self.procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+                p.join()
+
+    def __del__(self):  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def env_step_seconds(env: str, env_kwargs: dict, steps: int = 200) -> float:
+    """Mean wall seconds of one random-action step, to choose in-process vs subprocess."""
+    e = make_env(env, env_kwargs)
+    e.reset(seed=0)
+    e.action_space.seed(0)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        _, _, term, trunc, _ = e.step(e.action_space.sample())
+        if term or trunc:
+            e.reset()
+    dt = (time.perf_counter() - t0) / steps
+    e.close()
+    return dt
+
+
+def make_vec(env: str, env_kwargs: dict, n_envs: int, seed: int, mode: str = "auto",
+             log: Callable[[str], None] = lambda s: None) -> VecEnv:
+    """Seeds are seed, seed+1, ..., seed+n_envs-1 (recorded in the run's config)."""
+    if mode == "auto":
+        dt = env_step_seconds(env, env_kwargs)
+        mode = "subprocess" if dt > 5e-4 and n_envs > 1 else "inprocess"
+        log(f"vec: {mode} ({dt * 1e6:.0f} us per env step)")
+    seeds = [seed + i for i in range(n_envs)]
+    return VecEnv(env, env_kwargs, seeds, subprocess=(mode == "subprocess"))

@@ -1,0 +1,64 @@
+"""Lightweight action distributions (no argument validation on the hot path).
+
+Sampling takes an explicit ``torch.Generator`` so a run's randomness is one saved state.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+class Categorical:
+    def __init__(self, logits: torch.Tensor):
+        self.logits = logits - logits.logsumexp(-1, keepdim=True)  # normalised log-probs
+
+    @property
+    def probs(self) -> torch.Tensor:
+        return self.logits.exp()
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        # Gumbel-max: argmax(logits + Gumbel noise) is a sample of softmax(logits)
+        u = torch.rand(self.logits.shape, generator=generator).clamp_(1e-20, 1.0)
+        return (self.logits - torch.log(-torch.log(u))).argmax(-1)
+
+    def mode(self) -> torch.Tensor:
+        return self.logits.argmax(-1)
+
+    def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
+        return self.logits.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+
+    def entropy(self) -> torch.Tensor:
+        return -(self.logits.exp() * self.logits).sum(-1)
+
+    def kl(self, other: "Categorical") -> torch.Tensor:
+        return (self.logits.exp() * (self.logits - other.logits)).sum(-1)
+
+
+class DiagGaussian:
+    def __init__(self, mean: torch.Tensor, log_std: torch.Tensor):
+        self.mean = mean
+        self.log_std = log_std.expand_as(mean)
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        noise = torch.randn(self.mean.shape, generator=generator)
+        return self.mean + noise * self.log_std.exp()
+
+    def mode(self) -> torch.Tensor:
+        return self.mean
+
+    def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
+        z = (actions - self.mean) * torch.exp(-self.log_std)
+        return (-0.5 * z.pow(2) - self.log_std - 0.5 * _LOG_2PI).sum(-1)
+
+    def entropy(self) -> torch.Tensor:
+        return (self.log_std + 0.5 * (1.0 + _LOG_2PI)).sum(-1)
+
+    def kl(self, other: "DiagGaussian") -> torch.Tensor:
+        var_ratio = torch.exp(2 * (self.log_std - other.log_std))
+        t = ((self.mean - other.mean) * torch.exp(-other.log_std)).pow(2)
+        return 0.5 * (var_ratio + t - 1 - 2 * (self.log_std - other.log_std)).sum(-1)
+

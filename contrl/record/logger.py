@@ -1,0 +1,121 @@
+"""Run logging: progress.csv (one row per update), episodes.csv (one row per episode),
+TensorBoard events, and a live progress line on the terminal."""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+PROGRESS_FIELDS = [
+    "step", "wall_s", "episode_return", "episode_length", "episodes", "policy_loss", "value_loss",
+    "entropy", "approx_kl", "clip_fraction", "explained_variance", "lr", "steps_per_s",
+    "eval_return", "eval_return_std",
+]
+
+
+def _fmt_time(s: float) -> str:
+    if not math.isfinite(s):
+        return "?"
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def _truncate_after(path: Path, step: int) -> None:
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    keep = rows[:1] + [r for r in rows[1:] if r and int(float(r[0])) <= step]
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows(keep)
+
+
+class Logger:
+    def __init__(self, run_dir: Path, total_steps: int, tensorboard: bool = True, quiet: bool = False,
+                 resume_step: Optional[int] = None):
+        """``resume_step``: continue a run whose checkpoint is at that step; rows logged after it
+        (by the interrupted process) are dropped so the files match an uninterrupted run."""
+        self.run_dir = Path(run_dir)
+        self.total = total_steps
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        resume = resume_step is not None
+        if resume:
+            for name in ("progress.csv", "episodes.csv"):
+                _truncate_after(self.run_dir / name, resume_step)
+        mode = "a" if resume else "w"
+        new_p = not (resume and (self.run_dir / "progress.csv").exists())
+        new_e = not (resume and (self.run_dir / "episodes.csv").exists())
+        self._pf = open(self.run_dir / "progress.csv", mode, newline="")
+        self._ef = open(self.run_dir / "episodes.csv", mode, newline="")
+        self._pw = csv.DictWriter(self._pf, PROGRESS_FIELDS)
+        self._ew = csv.writer(self._ef)
+        if new_p:
+            self._pw.writeheader()
+        if new_e:
+            self._ew.writerow(["step", "wall_s", "env", "return", "length"])
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(self.run_dir / "tb"))
+            except ImportError:  # tensorboard not installed: CSV only
+                self.tb = None
+        self._last_print = 0.0
+
+    def episodes(self, step: int, wall: float, episodes: list) -> None:
+        for env_i, ret, length in episodes:
+            self._ew.writerow([step, f"{wall:.3f}", env_i, f"{ret:.6g}", length])
+            if self.tb is not None:
+                self.tb.add_scalar("episode/return", ret, step)
+                self.tb.add_scalar("episode/length", length, step)
+
+    def progress(self, row: dict) -> None:
+        self._pw.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items() if k in PROGRESS_FIELDS})
+        self._pf.flush()
+        self._ef.flush()
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)) and v is not None and math.isfinite(v):
+                    group = "eval" if k.startswith("eval") else ("rollout" if k.startswith("episode") else "train")
+                    self.tb.add_scalar(f"{group}/{k}", v, row["step"])
+
+    def status(self, step: int, steps_per_s: float, recent_return: Optional[float], force: bool = False) -> None:
+        if self.quiet:
+            return
+        now = time.time()
+        if not force and now - self._last_print < (0.5 if self.tty else 15.0):
+            return
+        self._last_print = now
+        pct = 100.0 * step / self.total
+        eta = (self.total - step) / steps_per_s if steps_per_s > 0 else float("inf")
+        ret = f"{recent_return:9.2f}" if recent_return is not None else "        -"
+        line = (f"steps {step:>10,}/{self.total:,} ({pct:5.1f}%) | {steps_per_s:7,.0f} steps/s | "
+                f"return {ret} (last 100) | ETA {_fmt_time(eta)}")
+        if self.tty:
+            sys.stderr.write("\r" + line + "\033[K")
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def message(self, text: str) -> None:
+        if self.quiet:
+            return
+        if self.tty:
+            sys.stderr.write("\r\033[K")
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.tty and not self.quiet:
+            sys.stderr.write("\n")
+        for f in (self._pf, self._ef):
+            if not f.closed:
+                f.close()
+        if self.tb is not None:
+            self.tb.close()

@@ -1,0 +1,214 @@
+"""The synchronous runner: one learner, N envs in lock-step, on-policy update rules.
+
+Data flow of one iteration: for T steps, normalise the N observations, act with one batched
+forward (inference mode, sampling from the run's generator), step the vector env, store into the
+``[T, N]`` rollout (bootstrapping V(final obs) on time-limit truncation); then GAE, the update
+rule's gradient steps, logging, periodic evaluation and checkpoints.
+
+Checkpoints are taken between iterations and hold everything the next iteration depends on
+(parameters, optimiser, generator, normalisation statistics, step counters and each env's
+replayable state), so a resumed run continues exactly as the uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from contrl.agent import Agent, build_model
+from contrl.algos.ppo import PPO
+from contrl.config import Config
+from contrl.envs.normalize import ObsNormalizer, RewardScaler
+from contrl.envs.vec import make_vec
+from contrl.errors import ContrlError
+from contrl.record.checkpoint import load_checkpoint, save_checkpoint
+from contrl.record.logger import Logger
+from contrl.storage.rollout import Rollout
+
+RULES = {"ppo": PPO}
+
+
+class Interrupted(Exception):
+    """Training stopped by Ctrl-C after saving a checkpoint."""
+
+    def __init__(self, run_dir: Path, step: int):
+        super().__init__(f"interrupted at step {step:,}; checkpoint saved. Resume with: contrl train --resume {run_dir}")
+        self.run_dir, self.step = run_dir, step
+
+
+def _cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
+    var = target.var()
+    return float("nan") if var == 0 else float(1 - (target - pred).var() / var)
+
+
+class SyncRunner:
+    def __init__(self, cfg: Config, run_dir: Path, resume: bool = False, quiet: bool = False,
+                 tensorboard: bool = True):
+        self.cfg, self.run_dir, self.resume, self.quiet = cfg, Path(run_dir), resume, quiet
+        self.tensorboard = tensorboard
+        self._stop = False
+
+    # -- signals ------------------------------------------------------------------------------
+    def _on_sigint(self, signum, frame):
+        if self._stop:  # second Ctrl-C: stop now, keep the last saved checkpoint
+            raise KeyboardInterrupt
+        self._stop = True
+
+    # -- main loop ------------------------------------------------------------------------------
+    def run(self) -> tuple[Agent, dict]:
+        cfg = self.cfg
+        torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        algo_cfg = cfg.algo_config()
+        T, N = algo_cfg.n_steps, cfg.n_envs
+        per_iter = T * N
+        eval_every = cfg.eval_every or max(per_iter, cfg.steps // 10)
+        ckpt_every = cfg.checkpoint_every or eval_every
+        ckpt_dir = self.run_dir / "checkpoints"
+
+        log_lines: list[str] = []
+        venv = make_vec(cfg.env, cfg.env_kwargs, N, cfg.seed, cfg.vec, log=log_lines.append)
+        try:
+            model = build_model(cfg, venv.observation_space, venv.action_space)
+            obs_norm = ObsNormalizer(venv.obs_dim, cfg.clip_obs) if cfg.norm_obs else None
+            agent = Agent(cfg, model, venv.observation_space, venv.action_space, obs_norm)
+            rule = RULES[cfg.algo](model, algo_cfg)
+            gen = torch.Generator().manual_seed(cfg.seed)
+            scaler = RewardScaler(N, algo_cfg.gamma) if cfg.norm_reward else None
+            act_shape = () if agent.discrete else tuple(venv.action_space.shape)
+            rollout = Rollout(T, N, venv.obs_dim, act_shape)
+
+            step, iteration, best, prev_wall, prev_cpu = 0, 0, -float("inf"), 0.0, 0.0
+            recent: deque = deque(maxlen=100)
+            if self.resume:
+                st = load_checkpoint(ckpt_dir / "latest.pt")
+                ts = st.get("train_state")
+                if ts is None:
+                    raise ContrlError(f"{ckpt_dir / 'latest.pt'} holds no training state; it cannot be resumed")
+                model.load_state_dict(st["model"])
+                rule.load_state_dict(ts["rule"])
+                gen.set_state(ts["generator"])
+                if obs_norm is not None:
+                    obs_norm.rms.load_state_dict(json.loads(st["obs_norm"]))
+                if scaler is not None:
+                    scaler.load_state_dict(json.loads(ts["reward_scaler"]))
+                meta = json.loads(ts["meta"])
+                step, iteration, best = meta["step"], meta["iteration"], meta["best_eval"]
+                prev_wall, prev_cpu = meta["wall_s"], meta["cpu_s"]
+                recent.extend(meta["recent_returns"])
+                venv.set_state(json.loads(ts["envs"]))
+                if step >= cfg.steps:
+                    raise ContrlError(f"run already has {step:,} of {cfg.steps:,} steps; give more with --steps N")
+
+            logger = Logger(self.run_dir, cfg.steps, self.tensorboard, self.quiet,
+                            resume_step=step if self.resume else None)
+            for line in log_lines:
+                logger.message(line)
+
+            def save_latest() -> None:
+                payload = agent.payload()
+                payload["train_state"] = {
+                    "rule": rule.state_dict(),
+                    "generator": gen.get_state(),
+                    "reward_scaler": json.dumps(scaler.state_dict()) if scaler is not None else "",
+                    "envs": json.dumps(venv.get_state()),
+                    "meta": json.dumps({
+                        "step": step, "iteration": iteration, "best_eval": best,
+                        "wall_s": prev_wall + time.time() - t_start, "cpu_s": prev_cpu + _cpu_seconds() - c_start,
+                        "recent_returns": list(recent),
+                    }),
+                }
+                save_checkpoint(ckpt_dir / "latest.pt", payload)
+
+            main_thread = threading.current_thread() is threading.main_thread()
+            old_handler = signal.signal(signal.SIGINT, self._on_sigint) if main_thread else None
+            t_start, c_start = time.time(), _cpu_seconds()
+            try:
+                while step < cfg.steps:
+                    t_iter = time.perf_counter()
+                    lr = rule.set_progress(step / cfg.steps)
+                    obs = venv.obs
+                    for t in range(T):
+                        obs_t = agent.preprocess(obs, update_stats=obs_norm is not None)
+                        with torch.inference_mode():
+                            pi_out, value = model(obs_t)
+                            dist = model.dist(pi_out)
+                            action = dist.sample(gen)
+                            logp = dist.log_prob(action)
+                        res = venv.step(agent.to_env(action))
+                        done = res.terminated | res.truncated
+                        rewards = scaler(res.rewards, done) if scaler is not None else res.rewards
+                        rollout.obs[t] = obs_t
+                        rollout.actions[t] = action
+                        rollout.logp[t] = logp
+                        rollout.values[t] = value
+                        rollout.rewards[t] = torch.from_numpy(rewards)
+                        rollout.dones[t] = torch.from_numpy(done.astype(np.float32))
+                        rollout.trunc_values[t] = 0.0
+                        boot = res.truncated & ~res.terminated
+                        if boot.any():
+                            idx = np.flatnonzero(boot)
+                            with torch.inference_mode():
+                                v_final = model.value(agent.preprocess(res.final_obs[idx]))
+                            rollout.trunc_values[t, torch.from_numpy(idx)] = v_final
+                        step += N
+                        if res.episodes:
+                            recent.extend(r for _, r, _ in res.episodes)
+                            logger.episodes(step, prev_wall + time.time() - t_start, res.episodes)
+                        obs = res.obs
+                    with torch.inference_mode():
+                        last_values = model.value(agent.preprocess(obs))
+                    rollout.finish(last_values, algo_cfg.gamma, algo_cfg.gae_lambda)
+                    stats = rule.update(rollout, gen)
+                    iteration += 1
+                    sps = per_iter / (time.perf_counter() - t_iter)
+
+                    row = {"step": step, "wall_s": prev_wall + time.time() - t_start,
+                           "episode_return": float(np.mean(recent)) if recent else None,
+                           "episodes": len(recent), "lr": lr, "steps_per_s": sps,
+                           "explained_variance": explained_variance(rollout.values.flatten(), rollout.returns.flatten()),
+                           **stats}
+                    crossed = lambda every: step // every > (step - per_iter) // every  # noqa: E731
+                    if crossed(eval_every) or step >= cfg.steps:
+                        ev = agent.evaluate(cfg.eval_episodes, seed=cfg.seed + 10_000)
+                        row["eval_return"], row["eval_return_std"] = ev["mean"], ev["std"]
+                        logger.message(f"eval @ {step:,}: {ev['mean']:.2f} +- {ev['std']:.2f} ({ev['episodes']} episodes)")
+                        if ev["mean"] > best:
+                            best = ev["mean"]
+                            save_checkpoint(ckpt_dir / "best.pt", agent.payload())
+                    logger.progress(row)
+                    logger.status(step, sps, row["episode_return"], force=step >= cfg.steps)
+                    if crossed(ckpt_every) or step >= cfg.steps or self._stop:
+                        save_latest()
+                    if self._stop:
+                        raise Interrupted(self.run_dir, step)
+            finally:
+                if old_handler is not None:
+                    signal.signal(signal.SIGINT, old_handler)
+                logger.close()
+            wall, cpu = prev_wall + time.time() - t_start, prev_cpu + _cpu_seconds() - c_start
+        finally:
+            venv.close()
+        model.eval()
+        summary = {"run_dir": str(self.run_dir), "algo": cfg.algo, "env": cfg.env, "env_kwargs": cfg.env_kwargs,
+                   "seed": cfg.seed, "env_seeds": [cfg.seed + i for i in range(N)], "steps": step,
+                   "wall_s": wall, "cpu_s": cpu, "steps_per_s": step / max(wall, 1e-9), "best_eval": best}
+        if cfg.final_eval_episodes > 0:
+            ev = agent.evaluate(cfg.final_eval_episodes, seed=cfg.seed + 20_000)
+            summary["final_eval"] = {k: ev[k] for k in ("mean", "std", "episodes", "deterministic", "seed")}
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return agent, summary
+
