@@ -93,6 +93,7 @@ class SyncRunner:
 
             step, iteration, best, prev_wall, prev_cpu = 0, 0, -float("inf"), 0.0, 0.0
             recent: deque = deque(maxlen=100)
+            recent_len: deque = deque(maxlen=100)
             if self.resume:
                 st = load_checkpoint(ckpt_dir / "latest.pt")
                 ts = st.get("train_state")
@@ -109,6 +110,7 @@ class SyncRunner:
                 step, iteration, best = meta["step"], meta["iteration"], meta["best_eval"]
                 prev_wall, prev_cpu = meta["wall_s"], meta["cpu_s"]
                 recent.extend(meta["recent_returns"])
+                recent_len.extend(meta["recent_lengths"])
                 venv.set_state(json.loads(ts["envs"]))
                 if step >= cfg.steps:
                     raise ContrlError(f"run already has {step:,} of {cfg.steps:,} steps; give more with --steps N")
@@ -128,7 +130,7 @@ class SyncRunner:
                     "meta": json.dumps({
                         "step": step, "iteration": iteration, "best_eval": best,
                         "wall_s": prev_wall + time.time() - t_start, "cpu_s": prev_cpu + _cpu_seconds() - c_start,
-                        "recent_returns": list(recent),
+                        "recent_returns": list(recent), "recent_lengths": list(recent_len),
                     }),
                 }
                 save_checkpoint(ckpt_dir / "latest.pt", payload)
@@ -167,6 +169,7 @@ class SyncRunner:
                         step += N
                         if res.episodes:
                             recent.extend(r for _, r, _ in res.episodes)
+                            recent_len.extend(n for _, _, n in res.episodes)
                             logger.episodes(step, prev_wall + time.time() - t_start, res.episodes)
                         obs = res.obs
                     with torch.inference_mode():
@@ -178,6 +181,7 @@ class SyncRunner:
 
                     row = {"step": step, "wall_s": prev_wall + time.time() - t_start,
                            "episode_return": float(np.mean(recent)) if recent else None,
+                           "episode_length": float(np.mean(recent_len)) if recent_len else None,
                            "episodes": len(recent), "lr": lr, "steps_per_s": sps,
                            "explained_variance": explained_variance(rollout.values.flatten(), rollout.returns.flatten()),
                            **stats}

@@ -1,0 +1,135 @@
+"""Analytic tests: GAE by hand, truncation bootstrapping, distributions, normalisation."""
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from contrl.envs.normalize import RunningMeanStd
+from contrl.nets.distributions import Categorical, DiagGaussian
+from contrl.storage.rollout import compute_gae
+
+
+def gae_by_hand(r, v, done, trunc_v, last_v, gamma, lam):
+    """Straight from the definition, one env, no vectorisation."""
+    T = len(r)
+    adv = [0.0] * T
+    for t in range(T):
+        total, weight = 0.0, 1.0
+        for k in range(t, T):
+            next_v = last_v if k == T - 1 else v[k + 1]
+            delta = r[k] + gamma * (next_v * (1 - done[k]) + trunc_v[k]) - v[k]
+            total += weight * delta
+            if done[k]:
+                break
+            weight *= gamma * lam
+        adv[t] = total
+    return adv
+
+
+def test_gae_constant_value_matches_hand_computation():
+    gamma, lam = 0.9, 0.8
+    r = [1.0, 0.0, 2.0, 1.0, -1.0, 0.5]
+    v = [0.7] * 6  # constant value function
+    done = [0, 0, 1, 0, 1, 0]  # episode ends at t=2 (terminated) and t=4 (truncated)
+    trunc_v = [0, 0, 0, 0, 0.3, 0]  # V(final obs) only where truncated
+    last_v = 0.7
+    adv, ret = compute_gae(*(torch.tensor(x, dtype=torch.float32).unsqueeze(1) for x in (r, v, done, trunc_v)),
+                           torch.tensor([last_v]), gamma, lam)
+    want = gae_by_hand(r, v, done, trunc_v, last_v, gamma, lam)
+    assert adv.squeeze(1).tolist() == pytest.approx(want, abs=1e-6)
+    assert ret.squeeze(1).tolist() == pytest.approx([a + 0.7 for a in want], abs=1e-6)
+    # hand values of two entries, written out:
+    # t=2 terminated: A = 2 - 0.7
+    assert adv[2, 0].item() == pytest.approx(1.3, abs=1e-6)
+    # t=4 truncated: A = -1 + 0.9*0.3 - 0.7 (bootstraps from the final obs, not the next episode)
+    assert adv[4, 0].item() == pytest.approx(-1 + 0.27 - 0.7, abs=1e-6)
+
+
+def test_gae_lambda_one_is_discounted_return_minus_value():
+    gamma = 0.99
+    r = torch.rand(7, 3)
+    v = torch.rand(7, 3)
+    zeros = torch.zeros(7, 3)
+    last = torch.rand(3)
+    adv, _ = compute_gae(r, v, zeros, zeros, last, gamma, 1.0)
+    g = last.clone()
+    for t in range(6, -1, -1):
+        g = r[t] + gamma * g
+        assert torch.allclose(adv[t], g - v[t], atol=1e-5)
+
+
+def _value_of_constant_env(terminate: bool, out) -> float:
+    from contrl.api import train
+
+    agent = train("ppo", "tests.envs:ConstantEnv", steps=12_000, seed=0, quiet=True, tensorboard=False,
+                  env_kwargs={"limit": 5, "terminate": terminate}, out=out,
+                  overrides={"n_envs": 4, "n_steps": 50, "batch_size": 100, "n_epochs": 10, "gamma": 0.9,
+                             "lr": 3e-3, "normalize_advantage": False, "eval_episodes": 1,
+                             "final_eval_episodes": 0})
+    with torch.no_grad():
+        return agent.model.value(torch.tensor([[0.5, -0.5]])).item()
+
+
+def test_truncation_bootstraps_to_infinite_horizon_value(tmp_path):
+    """Endless task under a 5-step time limit: V(s0) -> 1/(1-gamma) = 10, not the truncated
+    5-step return (~2.6) that treating the time limit as termination would learn."""
+    v_trunc = _value_of_constant_env(False, tmp_path / "trunc")
+    v_term = _value_of_constant_env(True, tmp_path / "term")
+    assert v_trunc == pytest.approx(10.0, rel=0.1)
+    expected_term = np.mean([(1 - 0.9 ** (5 - t)) / 0.1 for t in range(5)])  # 2.629
+    assert v_term == pytest.approx(expected_term, rel=0.1)
+
+
+def test_categorical_matches_torch_distributions():
+    logits = torch.randn(5, 4)
+    ours, ref = Categorical(logits), torch.distributions.Categorical(logits=logits)
+    a = torch.tensor([0, 1, 2, 3, 1])
+    assert torch.allclose(ours.log_prob(a), ref.log_prob(a), atol=1e-6)
+    assert torch.allclose(ours.entropy(), ref.entropy(), atol=1e-6)
+    other = torch.randn(5, 4)
+    assert torch.allclose(ours.kl(Categorical(other)),
+                          torch.distributions.kl_divergence(ref, torch.distributions.Categorical(logits=other)), atol=1e-5)
+
+
+def test_categorical_sampling_frequencies():
+    probs = torch.tensor([0.1, 0.6, 0.3])
+    d = Categorical(probs.log().expand(200_000, 3))
+    counts = torch.bincount(d.sample(torch.Generator().manual_seed(0)), minlength=3).float() / 200_000
+    assert torch.allclose(counts, probs, atol=0.01)
+
+
+def test_gaussian_matches_torch_distributions():
+    mean, log_std = torch.randn(6, 3), torch.randn(3) * 0.3
+    ours = DiagGaussian(mean, log_std)
+    ref = torch.distributions.Independent(torch.distributions.Normal(mean, log_std.exp()), 1)
+    x = torch.randn(6, 3)
+    assert torch.allclose(ours.log_prob(x), ref.log_prob(x), atol=1e-5)
+    assert torch.allclose(ours.entropy(), ref.entropy(), atol=1e-5)
+    s = DiagGaussian(torch.zeros(100_000, 1), torch.tensor([math.log(2.0)])).sample(torch.Generator().manual_seed(1))
+    assert s.std().item() == pytest.approx(2.0, rel=0.02)
+
+
+def test_gaussian_actions_clipped_to_bounds_but_logprob_of_unclipped_sample():
+    from contrl.agent import Agent
+    from contrl.config import NetConfig, build_config
+    from contrl.nets.actor_critic import ActorCritic
+
+    space = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
+    obs_space = gym.spaces.Box(-1, 1, (3,), np.float32)
+    model = ActorCritic(3, space, NetConfig(log_std_init=2.0))  # std ~7: most samples leave [-2, 2]
+    agent = Agent(build_config("ppo", "Pendulum-v1"), model, obs_space, space)
+    acts = agent.act(np.zeros((1000, 3), np.float32), deterministic=False, generator=torch.Generator().manual_seed(0))
+    assert acts.min() >= -2.0 and acts.max() <= 2.0
+    assert (np.abs(acts) == 2.0).mean() > 0.5  # many were clipped
+
+
+def test_running_mean_std_matches_numpy():
+    rms = RunningMeanStd((2,), epsilon=0.0)
+    data = np.random.default_rng(0).normal(3.0, 2.0, (1000, 2))
+    rms.count = 0.0
+    for chunk in np.array_split(data, 7):
+        rms.update(chunk)
+    assert np.allclose(rms.mean, data.mean(0)) and np.allclose(rms.var, data.var(0))

@@ -1,0 +1,104 @@
+"""Determinism, save/load, resume equivalence, run folder contents."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import contrl
+from contrl.api import train
+from tests.conftest import ROOT, flat_params
+
+TINY = {"n_envs": 4, "n_steps": 64, "batch_size": 64, "n_epochs": 2, "eval_episodes": 2, "final_eval_episodes": 2}
+
+
+def test_same_seed_gives_identical_parameters(tmp_path):
+    a = train("ppo", "CartPole-v1", steps=2048, seed=3, out=tmp_path / "a", quiet=True, tensorboard=False, overrides=TINY)
+    b = train("ppo", "CartPole-v1", steps=2048, seed=3, out=tmp_path / "b", quiet=True, tensorboard=False, overrides=TINY)
+    c = train("ppo", "CartPole-v1", steps=2048, seed=4, out=tmp_path / "c", quiet=True, tensorboard=False, overrides=TINY)
+    assert torch.equal(flat_params(a.model), flat_params(b.model))
+    assert not torch.equal(flat_params(a.model), flat_params(c.model))
+
+
+def test_continuous_with_normalisation_is_deterministic(tmp_path):
+    kw = dict(steps=2048, seed=0, quiet=True, tensorboard=False,
+              overrides={**TINY, "norm_obs": True, "norm_reward": True})
+    a = train("ppo", "Pendulum-v1", out=tmp_path / "a", **kw)
+    b = train("ppo", "Pendulum-v1", out=tmp_path / "b", **kw)
+    assert torch.equal(flat_params(a.model), flat_params(b.model))
+    assert a.obs_norm is not None and np.array_equal(a.obs_norm.rms.mean, b.obs_norm.rms.mean)
+
+
+def test_run_folder_contents_and_save_load_round_trip(tmp_path):
+    run = tmp_path / "run"
+    agent = train("ppo", "Pendulum-v1", steps=2048, seed=0, out=run, quiet=True,
+                  overrides={**TINY, "norm_obs": True})
+    for name in ("config.json", "progress.csv", "episodes.csv", "summary.json", "checkpoints/latest.pt",
+                 "checkpoints/best.pt"):
+        assert (run / name).is_file(), name
+    assert any((run / "tb").iterdir())
+    header = (run / "progress.csv").read_text().splitlines()[0].split(",")
+    for col in ("step", "episode_return", "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction",
+                "explained_variance", "lr", "steps_per_s"):
+        assert col in header
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["cpu_s"] > 0 and summary["wall_s"] > 0 and "final_eval" in summary
+    loaded = contrl.load(run / "checkpoints" / "latest.pt")
+    obs = np.random.default_rng(0).normal(size=(16, 3)).astype(np.float32)
+    assert np.array_equal(agent.act(obs), loaded.act(obs))
+    assert np.array_equal(loaded.obs_norm.rms.mean, agent.obs_norm.rms.mean)
+    single = loaded.act(obs[0])
+    assert single.shape == (1,)
+    ev = loaded.evaluate(episodes=3, seed=5)
+    assert ev["episodes"] == 3 and ev == loaded.evaluate(episodes=3, seed=5)
+
+
+def _train_cmd(out, env, steps, extra=()):
+    return [sys.executable, "-m", "contrl", "train", "ppo", "--env", env, "--steps", str(steps), "--seed", "7",
+            "--out", str(out), "--no-tensorboard", *extra]
+
+
+@pytest.mark.parametrize("env,extra", [
+    ("CartPole-v1", ["--set", "n_envs=4", "n_steps=128", "batch_size=128", "n_epochs=2", "eval_episodes=1",
+                     "final_eval_episodes=1", "checkpoint_every=512"]),
+    ("Pendulum-v1", ["--set", "n_envs=2", "n_steps=128", "batch_size=64", "n_epochs=2", "eval_episodes=1",
+                     "final_eval_episodes=1", "norm_obs=true", "norm_reward=true", "vec=subprocess",
+                     "checkpoint_every=256"]),
+])
+def test_ctrl_c_then_resume_equals_uninterrupted(tmp_path, env, extra):
+    """SIGINT mid-run saves a checkpoint and exits 130; --resume ends with exactly the
+    parameters of the uninterrupted run with the same seed."""
+    steps = 30_000
+    env_vars = {**os.environ, "PYTHONPATH": str(ROOT)}
+    full = subprocess.run(_train_cmd(tmp_path / "full", env, steps, extra), capture_output=True, text=True,
+                          env=env_vars, timeout=600)
+    assert full.returncode == 0, full.stderr
+
+    part = tmp_path / "part"
+    p = subprocess.Popen(_train_cmd(part, env, steps, extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=env_vars)
+    deadline = time.time() + 120
+    while not (part / "checkpoints" / "latest.pt").exists() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 130, err
+    assert "--resume" in err and "Traceback" not in err
+    interrupted_at = json.loads(torch.load(part / "checkpoints" / "latest.pt", weights_only=True)["train_state"]["meta"])["step"]
+    assert 0 < interrupted_at < steps
+
+    res = subprocess.run([sys.executable, "-m", "contrl", "train", "--resume", str(part), "--no-tensorboard"],
+                         capture_output=True, text=True, env=env_vars, timeout=600)
+    assert res.returncode == 0, res.stderr
+    a = contrl.load(tmp_path / "full", prefer="latest")
+    b = contrl.load(part, prefer="latest")
+    assert torch.equal(flat_params(a.model), flat_params(b.model))
+    # the logs match too: the interrupted process's extra rows were dropped
+    assert (tmp_path / "full" / "episodes.csv").read_text().count("\n") == (part / "episodes.csv").read_text().count("\n")
