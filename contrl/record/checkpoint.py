@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -31,19 +32,24 @@ def load_checkpoint(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ContrlError(f"checkpoint '{path}' not found; give a run folder or a .pt file from one")
+    corrupted = ContrlError(
+        f"checkpoint '{path}' is truncated or corrupted; use another checkpoint of the run "
+        f"(checkpoints/latest.pt or best.pt) or retrain"
+    )
+    if not zipfile.is_zipfile(path):  # torch.save always writes a zip archive
+        raise corrupted
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
+        what = [ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln or "Unsupported" in ln]
         raise ContrlError(
             f"checkpoint '{path}' was refused: it holds objects other than tensors and plain data "
-            f"({first[:120]}); only load checkpoints written by contrl"
+            f"({(what[0] if what else 'unsafe content')[:100]}); only load checkpoints written by contrl"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise ContrlError(
-            f"checkpoint '{path}' is truncated or corrupted ({type(e).__name__}); use another "
-            f"checkpoint of the run (checkpoints/latest.pt or best.pt) or retrain"
-        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError):
+        raise corrupted from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ContrlError(f"'{path}' is not a contrl checkpoint (no '{FORMAT}' marker); give a file written by contrl")
     for key in ("config", "spaces", "model"):

@@ -1,0 +1,135 @@
+"""Every CLI command as a subprocess, and every bad input: one line, non-zero exit, no traceback."""
+
+import json
+import pickle
+
+import pytest
+import torch
+
+TINY = ["--set", "n_envs=2", "n_steps=64", "batch_size=64", "n_epochs=1", "eval_episodes=1", "final_eval_episodes=2"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny CartPole run shared by the CLI tests."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    d = tmp_path_factory.mktemp("cli")
+    p = subprocess.run([sys.executable, "-m", "contrl", "train", "ppo", "--env", "CartPole-v1", "--steps", "1024",
+                        "--out", "run", *TINY], capture_output=True, text=True, cwd=d,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert p.returncode == 0, p.stderr
+    return d / "run", p
+
+
+def one_line_error(p, *words):
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    lines = [l for l in p.stderr.strip().splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("contrl: error:"), p.stderr
+    assert "Traceback" not in p.stderr
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+
+
+def test_train_prints_run_folder_eval_and_compute(trained):
+    run, p = trained
+    assert "run folder:" in p.stdout and "final evaluation:" in p.stdout and "+-" in p.stdout
+    assert "CPU-s" in p.stdout and "wall-s" in p.stdout
+    assert '"algo": "ppo"' in p.stdout  # merged config printed at start
+    assert json.loads((run / "config.json").read_text())["n_envs"] == 2
+
+
+def test_eval_play_plot(trained, run_cli, tmp_path):
+    run, _ = trained
+    p = run_cli("eval", run, "--episodes", "3", check=0)
+    assert "+-" in p.stdout and "3 episodes" in p.stdout
+    p = run_cli("eval", run, "--episodes", "2", "--stochastic", "--json", check=0)
+    assert json.loads(p.stdout)["episodes"] == 2
+    p = run_cli("play", run, "--video", tmp_path / "cart.gif", check=0)
+    assert (tmp_path / "cart.gif").stat().st_size > 1000
+    p = run_cli("play", run / "checkpoints" / "latest.pt", "--video", tmp_path / "cart.mp4", check=0)
+    assert (tmp_path / "cart.mp4").stat().st_size > 1000
+    p = run_cli("plot", run, run, "--out", tmp_path / "c.png", check=0)
+    assert (tmp_path / "c.png").stat().st_size > 1000
+    p = run_cli("train", "--help-keys", check=0)
+    assert "ppo.clip_range" in p.stdout
+
+
+def test_preset_chapter_and_continuous_lunar(run_cli):
+    p = run_cli("train", "ppo", "--preset", "chapter", "--steps", "40", "--set", "eval_episodes=1",
+                "final_eval_episodes=0", "--no-tensorboard", "--out", "ch", check=0)
+    cfg = json.loads(p.stdout[p.stdout.index("{"):p.stdout.index("\n}") + 2])
+    assert cfg["ppo"]["lr"] == 5e-4 and cfg["ppo"]["n_steps"] == 20 and cfg["net"]["hidden"] == [256]
+    assert cfg["net"]["shared"] is True and cfg["ppo"]["clip_range"] == 0.1 and cfg["ppo"]["n_epochs"] == 3
+    p = run_cli("train", "ppo", "--env", "LunarLander-v3", "--env-kwargs", "continuous=true", "--steps", "2048",
+                "--set", "n_envs=2", "n_steps=1024", "eval_episodes=1", "final_eval_episodes=0", "--out", "llc",
+                "--no-tensorboard", check=0)
+    assert "LunarLander-v3-continuous" in p.stdout
+
+
+@pytest.mark.parametrize("args,words", [
+    (["train", "ppx", "--env", "CartPole-v1"], ["unknown algorithm 'ppx'", "ppo"]),
+    (["train", "ppo", "--env", "LunarLander-v2"], ["unknown environment", "LunarLander-v3"]),
+    (["train", "ppo", "--env", "nosuchmodule.envs:Thing"], ["cannot import module 'nosuchmodule.envs'"]),
+    (["train", "ppo", "--env", "CartPole-v1", "--set", "clip_rnage=0.2"], ["unknown config key", "clip_range"]),
+    (["train", "ppo", "--env", "CartPole-v1", "--set", "lr=fast"], ["'lr' expects float"]),
+    (["train", "ppo", "--env", "CartPole-v1", "--set", "n_envs=2.5"], ["'n_envs' expects int"]),
+    (["train", "ppo", "--env", "CartPole-v1", "--set", "lr=0"], ["lr must be > 0"]),
+    (["train", "ppo", "--env", "CartPole-v1", "--set", "clip_range=-1"], ["clip_range must be > 0"]),
+    (["train", "ppo", "--env", "CartPole-v1", "--set", "gamma=1.5"], ["gamma must be in (0, 1]"]),
+    (["train", "ppo", "--env", "CartPole-v1", "--set", "batch_size=100000"], ["larger than the rollout"]),
+    (["train", "ppo", "--env", "CartPole-v1", "--steps", "0"], ["steps must be > 0"]),
+    (["train", "ppo", "--env", "CartPole-v1", "--set", "lr"], ["expects key=value"]),
+    (["train", "ppo", "--env", "CartPole-v1", "--preset", "nope"], ["unknown ppo preset 'nope'"]),
+    (["train", "ppo", "--env", "CarRacing-v3"], ["not supported"]),
+    (["train", "ppo", "--env", "Blackjack-v1"], ["observation space", "not supported"]),
+    (["train", "ppo", "--env", "CartPole-v1", "--env-kwargs", "bogus=1"], ["--env-kwargs"]),
+    (["train", "--resume", "nowhere"], ["cannot resume 'nowhere'"]),
+    (["train", "ppo", "--env", "CartPole-v1", "--bogus-flag"], ["unrecognized arguments"]),
+    (["eval", "missing_run"], ["not found"]),
+    (["plot", "missing_run"], ["not found"]),
+])
+def test_bad_input_one_line_error(run_cli, args, words):
+    one_line_error(run_cli(*args), *words)
+
+
+def test_existing_run_folder_refused_then_force(trained, run_cli):
+    run, _ = trained
+    before = (run / "checkpoints" / "latest.pt").read_bytes()
+    one_line_error(run_cli("train", "ppo", "--env", "CartPole-v1", "--out", run, *TINY), "already exists", "--resume", "--force")
+    assert (run / "checkpoints" / "latest.pt").read_bytes() == before  # nothing overwritten
+
+
+def test_bad_checkpoints(trained, run_cli, tmp_path):
+    run, _ = trained
+    good = (run / "checkpoints" / "latest.pt").read_bytes()
+    trunc = tmp_path / "trunc.pt"
+    trunc.write_bytes(good[: len(good) // 2])
+    one_line_error(run_cli("eval", trunc), "truncated or corrupted")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all" * 10)
+    one_line_error(run_cli("eval", garbage), "truncated or corrupted")
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(3)}, other)
+    one_line_error(run_cli("eval", other), "not a contrl checkpoint")
+    one_line_error(run_cli("eval", run, "--env", "Pendulum-v1"), "spaces do not match")
+
+
+class _Evil:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch PWNED",))
+
+
+def test_crafted_checkpoint_does_not_execute_code(run_cli, tmp_path):
+    evil = tmp_path / "evil.pt"
+    for protocol in (2, pickle.HIGHEST_PROTOCOL):
+        torch.save({"format": "contrl-checkpoint-1", "config": "{}", "spaces": "{}", "model": _Evil()}, evil,
+                   pickle_protocol=protocol)
+        one_line_error(run_cli("eval", evil), "refused")
+        assert not (tmp_path / "PWNED").exists()
