@@ -82,15 +82,15 @@ def test_ctrl_c_then_resume_equals_uninterrupted(tmp_path, env, extra):
 
     part = tmp_path / "part"
     p = subprocess.Popen(_train_cmd(part, env, steps, extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, env=env_vars)
+                         text=True, env=env_vars, start_new_session=True)
     deadline = time.time() + 120
     while not (part / "checkpoints" / "latest.pt").exists() and time.time() < deadline and p.poll() is None:
         time.sleep(0.05)
     time.sleep(0.5)
-    p.send_signal(signal.SIGINT)
+    os.killpg(p.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole group, env workers included
     out, err = p.communicate(timeout=300)
     assert p.returncode == 130, err
-    assert "--resume" in err and "Traceback" not in err
+    assert "--resume" in err and "Traceback" not in err, err
     interrupted_at = json.loads(torch.load(part / "checkpoints" / "latest.pt", weights_only=True)["train_state"]["meta"])["step"]
     assert 0 < interrupted_at < steps
 

@@ -19,7 +19,7 @@ from contrl.storage.rollout import Rollout, minibatches
 class PPO:
     def __init__(self, model: nn.Module, cfg: PPOConfig):
         self.model, self.cfg = model, cfg
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=True)
 
     def set_progress(self, fraction_done: float) -> float:
         """Linear learning-rate annealing; returns the lr in force."""

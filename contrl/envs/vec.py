@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import signal
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -106,6 +107,9 @@ def _step_slots(slots: list[EnvSlot], actions) -> list:
 
 
 def _worker(conn, env: str, env_kwargs: dict, seeds: list[int]) -> None:
+    # Ctrl-C reaches the whole process group; the learner handles it (finishes the update,
+    # saves a checkpoint) and closes the workers, so they ignore it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         import torch
 

@@ -93,7 +93,7 @@ class Logger:
             return
         self._last_print = now
         pct = 100.0 * step / self.total
-        eta = (self.total - step) / steps_per_s if steps_per_s > 0 else float("inf")
+        eta = max(0, self.total - step) / steps_per_s if steps_per_s > 0 else float("inf")
         ret = f"{recent_return:9.2f}" if recent_return is not None else "        -"
         line = (f"steps {step:>10,}/{self.total:,} ({pct:5.1f}%) | {steps_per_s:7,.0f} steps/s | "
                 f"return {ret} (last 100) | ETA {_fmt_time(eta)}")
