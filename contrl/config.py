@@ -274,8 +274,8 @@ def build_config(
         raise ContrlError(f"unknown algorithm '{algo}'; {hint}available: {', '.join(ALGOS)}")
     cfg = Config(algo=algo)
     env_kwargs = dict(env_kwargs or {})
-    if preset is None and env is not None:
-        preset = default_preset(algo, env, env_kwargs)
+    if preset is None:
+        preset = default_preset(algo, env or cfg.env, env_kwargs)
     if preset:
         data = load_preset(algo, preset)
         apply(cfg, data, f"preset '{preset}'")
