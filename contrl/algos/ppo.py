@@ -8,7 +8,6 @@ the epochs early when the approximate KL passes ``target_kl``.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -19,6 +18,7 @@ from contrl.storage.rollout import Rollout, minibatches
 class PPO:
     def __init__(self, model: nn.Module, cfg: PPOConfig):
         self.model, self.cfg = model, cfg
+        self.params = list(model.parameters())
         self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=True)
 
     def set_progress(self, fraction_done: float) -> float:
@@ -31,7 +31,7 @@ class PPO:
     def update(self, rollout: Rollout, generator: torch.Generator) -> dict:
         cfg, model = self.cfg, self.model
         batch = rollout.flat()
-        stats: dict[str, list] = {k: [] for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")}
+        stats = []  # per minibatch: policy loss, value loss, entropy, approx KL, clip fraction
         stop = False
         for _epoch in range(cfg.n_epochs):
             for mb in minibatches(batch, cfg.batch_size, generator):
@@ -59,23 +59,20 @@ class PPO:
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.max_grad_norm > 0:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                    nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm, foreach=True)
                 self.optimizer.step()
 
                 with torch.no_grad():
-                    approx_kl = ((ratio - 1) - log_ratio).mean().item()  # unbiased estimator (Schulman)
-                    clip_frac = ((ratio - 1).abs() > cfg.clip_range).float().mean().item()
-                stats["policy_loss"].append(policy_loss.item())
-                stats["value_loss"].append(value_loss.item())
-                stats["entropy"].append(entropy.item())
-                stats["approx_kl"].append(approx_kl)
-                stats["clip_fraction"].append(clip_frac)
-                if cfg.target_kl is not None and approx_kl > 1.5 * cfg.target_kl:
+                    approx_kl = ((ratio - 1) - log_ratio).mean()  # low-variance unbiased estimator
+                    clip_frac = ((ratio - 1).abs() > cfg.clip_range).float().mean()
+                    stats.append(torch.stack([policy_loss, value_loss, entropy, approx_kl, clip_frac]))
+                if cfg.target_kl is not None and approx_kl.item() > 1.5 * cfg.target_kl:
                     stop = True
                     break
             if stop:
                 break
-        out = {k: float(np.mean(v)) for k, v in stats.items()}
+        means = torch.stack(stats).mean(0).tolist()
+        out = dict(zip(("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction"), means))
         out["epochs_done"] = _epoch + 1
         return out
 

@@ -82,9 +82,21 @@ class Rollout:
 
 
 def minibatches(batch: Batch, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
-    """Shuffled minibatches covering the batch once; a short last one is kept if non-empty."""
+    """Shuffled minibatches covering the batch once; a short last one is kept if non-empty.
+
+    The fields are packed into one ``[n, k]`` tensor so each minibatch is one gather.
+    """
     n = batch.obs.shape[0]
+    act_shape = batch.actions.shape[1:]
+    cols = [batch.obs, batch.actions.reshape(n, -1)] + [
+        getattr(batch, f).unsqueeze(1) for f in ("logp", "values", "advantages", "returns")
+    ]
+    widths = [c.shape[1] for c in cols]
+    packed = torch.cat(cols, 1)
     perm = torch.randperm(n, generator=generator)
     for start in range(0, n, batch_size):
-        idx = perm[start : start + batch_size]
-        yield Batch(*(getattr(batch, f)[idx] for f in Batch.__dataclass_fields__))
+        rows = packed[perm[start : start + batch_size]]
+        obs, actions, logp, values, adv, ret = rows.split(widths, 1)
+        b = rows.shape[0]
+        yield Batch(obs, actions.reshape((b,) + act_shape), logp.squeeze(1), values.squeeze(1),
+                    adv.squeeze(1), ret.squeeze(1))
