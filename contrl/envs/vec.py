@@ -21,6 +21,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from contrl.envs.make import make_env
+from contrl.errors import ContrlError
 
 
 @dataclass
@@ -94,7 +95,8 @@ class EnvSlot:
             a = int(a) if self.discrete else np.asarray(a, dtype=self.env.action_space.dtype)
             obs, _, term, trunc, _ = self.env.step(a)
             if term or trunc:
-                raise RuntimeError("environment is not deterministic: replay ended its episode early")
+                raise ContrlError("cannot resume: the environment is not deterministic given its seed "
+                                  "(replaying the saved actions ended the episode early); start a new run")
         self.start = dict(start)
         self.actions = [int(a) if self.discrete else np.asarray(a, dtype=self.env.action_space.dtype) for a in actions]
         self.ep_return, self.ep_len = float(state["ep_return"]), int(state["ep_len"])
@@ -180,6 +182,8 @@ class VecEnv:
             except EOFError:
                 raise RuntimeError(f"environment worker {i} died (exit code {self.procs[i].exitcode})") from None
             if status == "error":
+                if data.startswith("ContrlError: "):
+                    raise ContrlError(data[len("ContrlError: "):])
                 raise RuntimeError(f"environment worker {i} failed: {data}")
             out.append(data)
         return out
