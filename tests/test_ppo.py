@@ -1,7 +1,6 @@
 """PPO update rule: clipping, target-KL early stop, value clipping, lr annealing."""
 
 import gymnasium as gym
-import numpy as np
 import pytest
 import torch
 
