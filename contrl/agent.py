@@ -15,11 +15,13 @@ from contrl.envs.make import make_env, space_signature
 from contrl.envs.normalize import ObsNormalizer
 from contrl.errors import ContrlError
 from contrl.nets.actor_critic import ActorCritic
+from contrl.nets.recurrent import RecurrentActorCritic
 from contrl.record.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 
 
-def build_model(cfg: Config, obs_space: gym.Space, act_space: gym.Space) -> ActorCritic:
-    return ActorCritic(int(np.prod(obs_space.shape)), act_space, cfg.net)
+def build_model(cfg: Config, obs_space: gym.Space, act_space: gym.Space) -> ActorCritic | RecurrentActorCritic:
+    cls = RecurrentActorCritic if cfg.net.type == "lstm" else ActorCritic
+    return cls(int(np.prod(obs_space.shape)), act_space, cfg.net)
 
 
 class Agent:
@@ -32,6 +34,7 @@ class Agent:
         self.obs_norm = obs_norm
         self.discrete = isinstance(action_space, gym.spaces.Discrete)
         self.obs_dim = int(np.prod(obs_space.shape))
+        self.state: Optional[torch.Tensor] = None  # recurrent state carried by act()
         if not self.discrete:
             self._low = action_space.low.astype(np.float32)
             self._high = action_space.high.astype(np.float32)
@@ -50,13 +53,34 @@ class Agent:
             return a.astype(np.int64)
         return np.clip(a, self._low, self._high)
 
-    def act(self, obs, deterministic: bool = True, generator: Optional[torch.Generator] = None) -> np.ndarray:
-        single = np.asarray(obs).shape == tuple(self.observation_space.shape)
+    def policy(self, obs, state: torch.Tensor, deterministic: bool = True,
+               generator: Optional[torch.Generator] = None) -> tuple[np.ndarray, torch.Tensor]:
+        """Env-ready actions for a batch of raw observations and the next recurrent state
+        (``state`` ``[n, model.state_size]``; empty for an MLP)."""
         with torch.inference_mode():
-            pi_out, _ = self.model(self.preprocess(obs))
+            pi_out, _, state = self.model.step(self.preprocess(obs), state)
             dist = self.model.dist(pi_out)
             a = dist.mode() if deterministic else dist.sample(generator)
-        out = self.to_env(a)
+        return self.to_env(a), state
+
+    def reset(self) -> None:
+        """Forget the recurrent state ``act`` carries (call it when a new episode starts)."""
+        self.state = None
+
+    def act(self, obs, deterministic: bool = True, generator: Optional[torch.Generator] = None,
+            episode_start=None) -> np.ndarray:
+        """Actions for one observation or a batch. A recurrent agent carries its state from call to
+        call (``agent.state``); it starts from zero after ``reset()``, for a new batch size, and for
+        the envs flagged in ``episode_start`` (a bool or one per env)."""
+        single = np.asarray(obs).shape == tuple(self.observation_space.shape)
+        n = 1 if single else len(obs)
+        if self.state is None or self.state.shape[0] != n:
+            self.state = self.model.initial_state(n)
+        if episode_start is not None:
+            starts = torch.as_tensor(np.asarray(episode_start, bool).reshape(-1))
+            if starts.any():
+                self.state = self.state.masked_fill(starts.unsqueeze(1), 0.0)
+        out, self.state = self.policy(obs, self.state, deterministic, generator)
         return out[0] if single else out
 
     # -- evaluation -------------------------------------------------------------------------
@@ -83,6 +107,7 @@ def evaluate(agent: Agent, episodes: int, seed: int, deterministic: bool = True,
 
     Each env runs a fixed share of the episodes, so short episodes are not over-represented.
     Env i is seeded ``seed + i``; stochastic actions draw from a generator seeded with ``seed``.
+    A recurrent agent's state is carried per env and starts from zero at every episode.
     """
     if episodes < 1:
         raise ContrlError(f"episodes must be >= 1, got {episodes}")
@@ -98,8 +123,10 @@ def evaluate(agent: Agent, episodes: int, seed: int, deterministic: bool = True,
     lengths: list[list[int]] = [[] for _ in range(k)]
     ep_ret, ep_len = [0.0] * k, [0] * k
     active = [i for i in range(k) if share[i] > 0]
+    state = agent.model.initial_state(k)
     while active:
-        actions = agent.act(np.stack([obs[i] for i in active]), deterministic, gen)
+        rows = torch.tensor(active)
+        actions, state[rows] = agent.policy(np.stack([obs[i] for i in active]), state[rows], deterministic, gen)
         still = []
         for j, i in enumerate(active):
             o, r, term, trunc, _ = envs[i].step(actions[j])
@@ -109,6 +136,7 @@ def evaluate(agent: Agent, episodes: int, seed: int, deterministic: bool = True,
                 returns[i].append(ep_ret[i])
                 lengths[i].append(ep_len[i])
                 ep_ret[i], ep_len[i] = 0.0, 0
+                state[i] = 0.0
                 if len(returns[i]) >= share[i]:
                     continue
                 o, _ = envs[i].reset()

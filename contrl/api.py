@@ -38,6 +38,8 @@ def train(
     preset: Optional[str] = None,
     env_kwargs: Optional[dict] = None,
     overrides: Optional[dict] = None,
+    net: Optional[str] = None,
+    mask_velocity: bool = False,
     out: Optional[str | Path] = None,
     force: bool = False,
     resume: Optional[str | Path] = None,
@@ -48,6 +50,8 @@ def train(
     """Train an agent and return it; the run folder holds config, logs, checkpoints, summary.
 
     ``overrides`` takes the same keys as ``--set`` (``{"lr": 1e-3, "net.hidden": [128, 128]}``).
+    ``net="lstm"`` trains a recurrent policy; ``mask_velocity=True`` trains on the env's
+    velocity-masked version (``contrl/CartPoleNoVel-v1`` for ``CartPole-v1``).
     ``resume`` continues the run folder from its latest checkpoint (``steps`` may extend it).
     The summary of the run is in ``agent.summary``.
     """
@@ -68,10 +72,11 @@ def train(
         cfg = config_from_dict(data)
         if steps is not None:
             cfg = config_from_dict({**cfg.to_dict(), "steps": steps})
-        if overrides or preset or env_kwargs or (env and env != cfg.env):
+        if overrides or preset or env_kwargs or net or mask_velocity or (env and env != cfg.env):
             raise ContrlError("--resume continues a run as configured; only --steps may change (start a new run to change settings)")
     else:
-        cfg = build_config(algo, env, preset=preset, steps=steps, seed=seed, env_kwargs=env_kwargs, overrides=overrides)
+        cfg = build_config(algo, env, preset=preset, steps=steps, seed=seed, env_kwargs=env_kwargs, overrides=overrides,
+                           net=net, mask_velocity=mask_velocity)
         run_dir = Path(out) if out is not None else _default_run_dir(cfg.algo, cfg.env, cfg.seed)
         if run_dir.exists() and any(run_dir.iterdir()):
             if not force:

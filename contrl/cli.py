@@ -37,7 +37,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     env_kwargs = parse_assignments(a.env_kwargs, "--env-kwargs")
     try:
         agent = train(a.algo or "ppo", a.env, steps=a.steps, seed=a.seed, preset=a.preset,
-                      env_kwargs=env_kwargs, overrides=overrides, out=a.out, force=a.force,
+                      env_kwargs=env_kwargs, overrides=overrides, net=a.net, mask_velocity=a.mask_velocity,
+                      out=a.out, force=a.force,
                       resume=a.resume, quiet=a.quiet, tensorboard=not a.no_tensorboard)
     except Interrupted as e:
         print(f"contrl: {e}", file=sys.stderr)
@@ -105,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=float, help="total environment steps (1e6 or 1000000)")
     t.add_argument("--seed", type=int)
     t.add_argument("--workers", type=int, help="a3c: worker processes (default 2)")
+    t.add_argument("--net", choices=["mlp", "lstm"],
+                   help="network: mlp (default) or lstm (recurrent; picks NAME-lstm presets, e.g. chapter-lstm)")
+    t.add_argument("--mask-velocity", action="store_true",
+                   help="train on the env with its velocities hidden (CartPole, Pendulum, LunarLander, "
+                        "MountainCarContinuous), e.g. contrl/CartPoleNoVel-v1")
     t.add_argument("--preset", help="preset name (e.g. chapter) or a YAML file")
     t.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="override config keys, e.g. --set lr=1e-3 net.hidden=[128,128]")

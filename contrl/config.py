@@ -33,13 +33,29 @@ ALGO_DEFAULTS = {"a3c": {"n_envs": 1}}
 
 @dataclass
 class NetConfig:
-    """The network: an MLP torso (or two: actor and critic) and heads chosen from the spaces."""
+    """The network: a torso and heads chosen from the spaces.
 
-    hidden: list[int] = field(default_factory=lambda: [64, 64])  # hidden layer widths
+    ``type: mlp`` -- an MLP torso (or two: actor and critic). ``type: lstm`` -- an encoder MLP
+    (``hidden``, may be empty) -> LSTM -> per-head MLP (``post_hidden``) -> heads; the critic
+    shares the encoder and LSTM unless ``critic_lstm`` gives it its own.
+    """
+
+    type: str = "mlp"  # mlp | lstm (the --net option)
+    hidden: list[int] = field(default_factory=lambda: [64, 64])  # mlp: torso widths; lstm: encoder widths
     activation: str = "tanh"  # tanh | relu
-    shared: bool = False  # one torso for policy and value (the chapter's net) or two
+    shared: bool = False  # mlp: one torso for policy and value (the chapter's net) or two
     ortho_init: bool = True  # orthogonal init; policy head gain 0.01, value head gain 1
     log_std_init: float = 0.0  # initial log-std of the Gaussian policy (Box actions)
+    lstm_hidden: int = 64  # lstm: hidden size
+    lstm_layers: int = 1  # lstm: stacked layers
+    critic_lstm: bool = False  # lstm: a separate encoder + LSTM for the critic
+    post_hidden: list[int] = field(default_factory=list)  # lstm: MLP widths after the LSTM, per head
+    seq_len: int = 0  # lstm: training sequence length (truncated BPTT); 0: min(n_steps, batch_size)
+
+
+# the NetConfig keys that only mean something for an LSTM network
+LSTM_KEYS = ("lstm_hidden", "lstm_layers", "critic_lstm", "post_hidden", "seq_len")
+NET_TYPES = ("mlp", "lstm")
 
 
 @dataclass
@@ -123,6 +139,16 @@ class Config:
     def algo_config(self):
         return getattr(self, self.rule)
 
+    @property
+    def seq_len(self) -> int:
+        """LSTM training sequence length in force (0 for an MLP)."""
+        if self.net.type != "lstm":
+            return 0
+        if self.net.seq_len:
+            return self.net.seq_len
+        p = self.algo_config()
+        return min(p.n_steps, p.batch_size) if self.rule == "ppo" else p.n_steps
+
     def to_dict(self) -> dict:
         """The run's values: run keys, net, and the section of its own update rule only."""
         d = dataclasses.asdict(self)
@@ -132,6 +158,9 @@ class Config:
         if self.runner != "async":
             for key in ASYNC_KEYS:
                 d.pop(key)
+        if self.net.type != "lstm":
+            for key in LSTM_KEYS:
+                d["net"].pop(key)
         return d
 
     def to_json(self) -> str:
@@ -287,10 +316,27 @@ def list_presets(algo: str) -> list[str]:
     return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
 
 
-def default_preset(algo: str, env: str, env_kwargs: dict) -> Optional[str]:
-    """The tuned preset for this env, if contrl ships one (e.g. LunarLander-v3-continuous)."""
-    name = env + ("-continuous" if env_kwargs.get("continuous") else "")
-    return name if name in list_presets(algo) else None
+def default_preset(algo: str, env: str, env_kwargs: dict, net: Optional[str] = None) -> Optional[str]:
+    """The tuned preset for this env, if contrl ships one (e.g. LunarLander-v3-continuous).
+
+    Velocity-masked ids use their base env's presets; with ``net='lstm'`` a ``NAME-lstm``
+    preset is preferred when there is one.
+    """
+    from contrl.envs.pomdp import base_of
+
+    base, extra = base_of(env)
+    name = base + ("-continuous" if {**extra, **env_kwargs}.get("continuous") else "")
+    names = list_presets(algo)
+    if net == "lstm" and f"{name}-lstm" in names:
+        return f"{name}-lstm"
+    return name if name in names else None
+
+
+def with_net(algo: str, preset: str, net: Optional[str]) -> str:
+    """``chapter`` -> ``chapter-lstm`` for --net lstm when that preset exists."""
+    if net == "lstm" and not preset.endswith((".yaml", ".yml")) and f"{preset}-lstm" in list_presets(algo):
+        return f"{preset}-lstm"
+    return preset
 
 
 def load_preset(algo: str, preset: str) -> dict:
@@ -325,17 +371,27 @@ def build_config(
     seed: Optional[int] = None,
     env_kwargs: Optional[dict] = None,
     overrides: Optional[dict] = None,
+    net: Optional[str] = None,
+    mask_velocity: bool = False,
 ) -> Config:
-    """Merge defaults < preset < explicit arguments < overrides, then validate."""
+    """Merge defaults < preset < explicit arguments < overrides, then validate.
+
+    ``net`` ('mlp' | 'lstm') picks the network type (and an ``-lstm`` preset when one exists);
+    ``mask_velocity`` swaps the env for its velocity-masked version (contrl/CartPoleNoVel-v1...).
+    """
     if algo not in ALGOS:
         close = difflib.get_close_matches(algo, ALGOS, n=1)
         hint = f"did you mean {close[0]}? " if close else ""
         raise ContrlError(f"unknown algorithm '{algo}'; {hint}available: {', '.join(ALGOS)}")
+    if net is not None and net not in NET_TYPES:
+        raise ContrlError(f"unknown network '{net}'; use --net mlp or --net lstm")
     cfg = Config(algo=algo)
     apply(cfg, ALGO_DEFAULTS.get(algo, {}), f"{algo} defaults")
     env_kwargs = dict(env_kwargs or {})
     if preset is None:
-        preset = default_preset(algo, env or cfg.env, env_kwargs)
+        preset = default_preset(algo, env or cfg.env, env_kwargs, net)
+    elif preset:
+        preset = with_net(algo, preset, net)
     if preset:
         data = load_preset(algo, preset)
         apply(cfg, data, f"preset '{preset}'")
@@ -345,6 +401,12 @@ def build_config(
             cfg.env_kwargs = {}
         cfg.env = env
     cfg.env_kwargs.update(env_kwargs)
+    if mask_velocity:
+        from contrl.envs.pomdp import masked_id
+
+        cfg.env, cfg.env_kwargs = masked_id(cfg.env, cfg.env_kwargs)
+    if net is not None:
+        cfg.net.type = net
     if steps is not None:
         cfg.steps = _coerce("steps", steps, int)
     if seed is not None:
@@ -385,9 +447,19 @@ def validate(cfg: Config) -> None:
     _need(cfg.log_every >= 0, f"log_every must be >= 0 (0: automatic), got {cfg.log_every}")
     _need(cfg.threads >= 1, f"threads must be >= 1, got {cfg.threads}")
     n = cfg.net
-    _need(len(n.hidden) >= 1 and all(h >= 1 for h in n.hidden),
-          f"net.hidden must be a non-empty list of positive widths, got {n.hidden}")
+    _need(n.type in NET_TYPES, f"net.type must be mlp or lstm, got '{n.type}'; use --net mlp or --net lstm")
+    _need(all(h >= 1 for h in n.hidden + n.post_hidden),
+          f"net.hidden and net.post_hidden must be lists of positive widths, got {n.hidden}, {n.post_hidden}")
     _need(n.activation in ("tanh", "relu"), f"net.activation must be tanh or relu, got '{n.activation}'")
+    if n.type == "mlp":
+        _need(len(n.hidden) >= 1, f"net.hidden must be a non-empty list of widths for an MLP, got {n.hidden}")
+        default = NetConfig()
+        changed = [k for k in LSTM_KEYS if getattr(n, k) != getattr(default, k)]
+        _need(not changed, f"net.{changed[0] if changed else ''} applies to LSTM networks; add --net lstm or drop it")
+    else:
+        _need(n.lstm_hidden >= 1, f"net.lstm_hidden must be >= 1, got {n.lstm_hidden}")
+        _need(n.lstm_layers >= 1, f"net.lstm_layers must be >= 1, got {n.lstm_layers}")
+        _need(n.seq_len >= 0, f"net.seq_len must be >= 0 (0: automatic), got {n.seq_len}")
     p = cfg.algo_config()
     _need(p.lr > 0, f"lr must be > 0, got {p.lr}; use e.g. --set lr=3e-4")
     _need(0 < p.gamma <= 1, f"gamma must be in (0, 1], got {p.gamma}; use e.g. --set gamma=0.99")
@@ -406,6 +478,9 @@ def validate(cfg: Config) -> None:
         _need(p.batch_size <= rollout,
               f"batch_size {p.batch_size} is larger than the rollout n_steps*n_envs = {rollout}; "
               f"lower batch_size or raise n_steps/n_envs")
+        _need(cfg.seq_len <= p.batch_size,
+              f"net.seq_len {cfg.seq_len} is longer than batch_size {p.batch_size}, so a minibatch could not hold "
+              f"one sequence; lower net.seq_len or raise batch_size")
         _need(p.target_kl is None or p.target_kl > 0, f"target_kl must be > 0 or none, got {p.target_kl}")
         _need(p.adam_eps > 0, f"adam_eps must be > 0, got {p.adam_eps}")
     else:

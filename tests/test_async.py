@@ -63,6 +63,7 @@ def _opt_steps(ckpt: Path) -> int:
 @pytest.mark.parametrize("env,extra", [
     ("CartPole-v1", {"optimizer": "adam", "lr": 1e-3}),
     ("Pendulum-v1", {"norm_obs": True, "norm_reward": True}),  # RMSprop, shared obs statistics
+    ("contrl/CartPoleNoVel-v1", {"net.type": "lstm", "net.critic_lstm": True}),  # state carried across segments
 ])
 def test_a3c_with_one_worker_computes_exactly_what_a2c_computes(tmp_path, env, extra):
     """The asynchronous machinery (local copy, gradients handed to the global model, shared

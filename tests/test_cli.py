@@ -71,6 +71,23 @@ def test_preset_chapter_and_continuous_lunar(run_cli):
     assert "LunarLander-v3-continuous" in p.stdout
 
 
+def test_ppo_lstm_chapter_preset_then_eval_play(run_cli, tmp_path):
+    p = run_cli("train", "ppo", "--preset", "chapter", "--net", "lstm", "--steps", "100", "--set", "eval_episodes=1",
+                "final_eval_episodes=1", "--no-tensorboard", "--out", "chl", check=0)
+    cfg = _printed_config(p.stdout)
+    assert cfg["preset"] == "chapter-lstm" and cfg["net"]["type"] == "lstm"
+    assert cfg["net"]["hidden"] == [64] and cfg["net"]["lstm_hidden"] == 32 and cfg["ppo"]["n_steps"] == 20
+    p = run_cli("eval", "chl", "--episodes", "2", check=0)
+    assert "ppo on LunarLander-v3" in p.stdout and "2 episodes" in p.stdout
+    run_cli("play", "chl", "--video", tmp_path / "chl.gif", check=0)
+    assert (tmp_path / "chl.gif").stat().st_size > 1000
+    p = run_cli("train", "a2c", "--env", "Pendulum-v1", "--mask-velocity", "--net", "lstm", "--steps", "200",
+                "--set", "n_envs=2", "eval_episodes=1", "final_eval_episodes=0", "--no-tensorboard", "--out", "pm",
+                check=0)
+    cfg = _printed_config(p.stdout)
+    assert cfg["env"] == "contrl/PendulumNoVel-v1" and cfg["net"]["type"] == "lstm"
+
+
 def _printed_config(stdout: str) -> dict:
     return json.loads(stdout[stdout.index("{"):stdout.index("\n}") + 2])
 
@@ -122,6 +139,11 @@ def test_a2c_a3c_chapter_presets_then_eval_play_plot(run_cli, tmp_path):
     (["train", "a2c", "--env", "CartPole-v1", "--workers", "4"], ["'workers' applies to the asynchronous runner"]),
     (["train", "a3c", "--env", "CartPole-v1", "--set", "vec=subprocess"], ["drop vec=subprocess"]),
     (["train", "a3c", "--env", "CartPole-v1", "--set", "max_restarts=-1"], ["max_restarts must be >= 0"]),
+    (["train", "ppo", "--env", "CartPole-v1", "--net", "gru"], ["invalid choice: 'gru'"]),
+    (["train", "ppo", "--env", "CartPole-v1", "--set", "net.critic_lstm=true"], ["applies to LSTM networks", "--net lstm"]),
+    (["train", "ppo", "--env", "CartPole-v1", "--net", "lstm", "--set", "net.seq_len=512"],
+     ["net.seq_len 512 is longer than batch_size"]),
+    (["train", "ppo", "--env", "Acrobot-v1", "--mask-velocity"], ["--mask-velocity knows", "CartPole-v1"]),
     (["eval", "missing_run"], ["not found"]),
     (["plot", "missing_run"], ["not found"]),
 ])

@@ -72,6 +72,10 @@ def _train_cmd(out, algo, env, steps, extra=()):
                      "checkpoint_every=256"]),
     ("a2c", "Pendulum-v1", 40_000, ["--set", "n_envs=4", "eval_episodes=1", "final_eval_episodes=1",
                                      "norm_obs=true", "norm_reward=true", "checkpoint_every=1000"]),
+    # recurrent: the carried LSTM state is part of the checkpoint
+    ("ppo", "contrl/CartPoleNoVel-v1", 20_000, ["--net", "lstm", "--set", "n_steps=64", "batch_size=128",
+                                                "n_epochs=2", "net.seq_len=16", "eval_episodes=1",
+                                                "final_eval_episodes=1", "checkpoint_every=256"]),
 ])
 def test_ctrl_c_then_resume_equals_uninterrupted(tmp_path, algo, env, steps, extra):
     """SIGINT mid-run saves a checkpoint and exits 130; --resume ends with exactly the

@@ -38,8 +38,8 @@ class A2C:
 
     def update(self, rollout: Rollout, generator: Optional[torch.Generator] = None) -> dict:
         cfg, model = self.cfg, self.model
-        batch = rollout.flat()
-        pi_out, values = model(batch.obs)
+        batch = rollout.whole()  # every sample (recurrent: every sequence, from its stored state)
+        pi_out, values = model.forward_batch(batch)
         dist = model.dist(pi_out)
         logp = dist.log_prob(batch.actions)
 

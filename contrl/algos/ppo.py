@@ -1,6 +1,7 @@
 """PPO update rule (Schulman et al. 2017): clipped surrogate, value loss, entropy bonus.
 
-Reads top to bottom: for each epoch, for each shuffled minibatch of the rollout, compute the
+Reads top to bottom: for each epoch, for each shuffled minibatch of the rollout (samples; for a
+recurrent network whole sequences replayed from their stored initial states), compute the
 probability ratio r = pi(a|s) / pi_old(a|s), the clipped surrogate min(r*A, clip(r)*A), a
 (optionally clipped) value loss and the entropy; step Adam with gradient-norm clipping; stop
 the epochs early when the approximate KL passes ``target_kl``.
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 
 from contrl.config import PPOConfig
-from contrl.storage.rollout import Rollout, minibatches
+from contrl.storage.rollout import Rollout
 
 
 class PPO:
@@ -30,12 +31,11 @@ class PPO:
 
     def update(self, rollout: Rollout, generator: torch.Generator) -> dict:
         cfg, model = self.cfg, self.model
-        batch = rollout.flat()
         stats = []  # per minibatch: policy loss, value loss, entropy, approx KL, clip fraction
         stop = False
         for _epoch in range(cfg.n_epochs):
-            for mb in minibatches(batch, cfg.batch_size, generator):
-                pi_out, values = model(mb.obs)
+            for mb in rollout.minibatches(cfg.batch_size, generator):  # samples, or sequences (LSTM)
+                pi_out, values = model.forward_batch(mb)
                 dist = model.dist(pi_out)
                 logp = dist.log_prob(mb.actions)
                 log_ratio = logp - mb.logp

@@ -11,6 +11,7 @@ from typing import Any, Optional
 import gymnasium as gym
 import numpy as np
 
+from contrl.envs import pomdp  # noqa: F401 - registers the velocity-masked ids (contrl/CartPoleNoVel-v1, ...)
 from contrl.errors import ContrlError
 
 warnings.filterwarnings("ignore", message=".*compiler attribute.*")

@@ -48,7 +48,14 @@ def init_orthogonal(module: nn.Module, gain: float) -> None:
 
 
 class ActorCritic(nn.Module):
-    """pi(a|s) and V(s). ``forward(obs) -> (distribution parameters, value)``."""
+    """pi(a|s) and V(s). ``forward(obs) -> (distribution parameters, value)``.
+
+    It shares the recurrent network's interface with an empty state (``state_size = 0``), so the
+    acting loop, evaluation and play are one code path for both.
+    """
+
+    recurrent = False
+    state_size = 0
 
     def __init__(self, obs_dim: int, action_space: gym.Space, cfg: NetConfig):
         super().__init__()
@@ -78,6 +85,21 @@ class ActorCritic(nn.Module):
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         h = _run(self._pi_plan if self._v_plan is None else self._v_plan, obs)
         return F.linear(h, self.v_head.weight, self.v_head.bias).squeeze(-1)
+
+    # -- the recurrent interface, with no state ---------------------------------------------
+    def initial_state(self, n: int) -> torch.Tensor:
+        return torch.zeros(n, 0)
+
+    def step(self, obs: torch.Tensor, state: torch.Tensor):
+        pi_out, value = self(obs)
+        return pi_out, value, state
+
+    def value_step(self, obs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        return self.value(obs)
+
+    def forward_batch(self, batch):
+        """(distribution parameters, values) for a training batch (flat samples)."""
+        return self(batch.obs)
 
     def dist(self, pi_out: torch.Tensor):
         if self.discrete:

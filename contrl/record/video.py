@@ -39,6 +39,7 @@ def play(agent, episodes: int = 1, video: Optional[str | Path] = None, seed: int
     try:
         for ep in range(episodes):
             obs, _ = env.reset(seed=seed + ep)
+            agent.reset()  # a recurrent agent starts each episode from the zero state
             total, done = 0.0, False
             while not done:
                 if video is not None:

@@ -5,6 +5,11 @@ run's generator, step the vector env with env-ready actions, and write obs, acti
 value, (optionally scaled) reward and done into the preallocated rollout. Where an env was
 *truncated* (time limit) and not terminated, V(final observation) goes into ``trunc_values[t]``
 so the returns bootstrap from the state reached; after a termination nothing is bootstrapped.
+
+A recurrent network's state (``state``, ``[N, S]``, carried from rollout to rollout by the
+caller and updated in place) is stored before every step, advanced by each forward and zeroed
+for the envs whose episode ended, so the next step of a new episode starts from zero. The
+bootstrap value of a truncated episode uses the state that saw its last observation.
 """
 
 from __future__ import annotations
@@ -21,9 +26,12 @@ from contrl.storage.rollout import Rollout
 
 def collect(agent, venv: VecEnv, rollout: Rollout, generator: torch.Generator,
             scaler: Optional[RewardScaler] = None,
-            on_step: Optional[Callable[[int, StepResult], None]] = None) -> torch.Tensor:
+            on_step: Optional[Callable[[int, StepResult], None]] = None,
+            state: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Fill ``rollout`` with T steps from ``venv``; returns V(s_T) of the observation after it."""
     model = agent.model
+    recurrent = model.recurrent
+    h = state if state is not None else model.initial_state(venv.n)
     update_stats = agent.obs_norm is not None
     rewards_np, dones_np = rollout.rewards.numpy(), rollout.dones.numpy()  # views: cheap writes
     rollout.trunc_values.zero_()
@@ -31,7 +39,9 @@ def collect(agent, venv: VecEnv, rollout: Rollout, generator: torch.Generator,
     for t in range(rollout.T):
         obs_t = agent.preprocess(obs, update_stats=update_stats)
         with torch.inference_mode():
-            pi_out, value = model(obs_t)
+            if recurrent:
+                rollout.states[t] = h
+            pi_out, value, h_next = model.step(obs_t, h)
             dist = model.dist(pi_out)
             action = dist.sample(generator)
             logp = dist.log_prob(action)
@@ -48,10 +58,16 @@ def collect(agent, venv: VecEnv, rollout: Rollout, generator: torch.Generator,
         if boot.any():
             idx = np.flatnonzero(boot)
             with torch.inference_mode():
-                v_final = model.value(agent.preprocess(res.final_obs[idx]))
+                v_final = model.value_step(agent.preprocess(res.final_obs[idx]), h_next[torch.from_numpy(idx)])
             rollout.trunc_values[t, torch.from_numpy(idx)] = v_final
+        if recurrent and done.any():
+            with torch.inference_mode():
+                h_next[torch.from_numpy(done)] = 0.0  # a new episode starts from the zero state
         if on_step is not None:
             on_step(t, res)
-        obs = res.obs
+        obs, h = res.obs, h_next
     with torch.inference_mode():
-        return model.value(agent.preprocess(obs))
+        last_values = model.value_step(agent.preprocess(obs), h)
+    if state is not None and recurrent:
+        state.copy_(h)
+    return last_values

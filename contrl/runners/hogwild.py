@@ -121,7 +121,8 @@ def _worker(idx: int, launch: dict, cfg_json: str, global_model, opt_state: dict
         n = venv.n
         scaler = RewardScaler(n, rule_cfg.gamma) if cfg.norm_reward else None
         act_shape = () if agent.discrete else tuple(venv.action_space.shape)
-        rollout = Rollout(rule_cfg.n_steps, n, venv.obs_dim, act_shape)
+        rollout = Rollout(rule_cfg.n_steps, n, venv.obs_dim, act_shape, model.state_size, cfg.seq_len)
+        rnn_state = model.initial_state(n)  # carried across segments (truncated BPTT at their ends)
         seg = rule_cfg.n_steps * n
         episodes: list = []
         window = StatsWindow()
@@ -147,7 +148,7 @@ def _worker(idx: int, launch: dict, cfg_json: str, global_model, opt_state: dict
             if obs_norm is not None:
                 obs_norm.sync()
             rule.set_progress(global_step / cfg.steps)
-            last_values = collect(agent, venv, rollout, gen, scaler, on_step)
+            last_values = collect(agent, venv, rollout, gen, scaler, on_step, rnn_state)
             rollout.finish(last_values, rule_cfg.gamma, rule_cfg.gae_lambda)
             stats = rule.update(rollout, gen)
             counters[idx, 0] += seg

@@ -6,8 +6,8 @@ forward (inference mode, sampling from the run's generator), step the vector env
 rule's gradient steps, logging, periodic evaluation and checkpoints.
 
 Checkpoints are taken between iterations and hold everything the next iteration depends on
-(parameters, optimiser, generator, normalisation statistics, step counters and each env's
-replayable state), so a resumed run continues exactly as the uninterrupted one would.
+(parameters, optimiser, generator, normalisation statistics, step counters, each env's
+replayable state and the recurrent state of a recurrent network), so a resumed run continues exactly as the uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -106,7 +106,8 @@ class SyncRunner(Runner):
             gen = torch.Generator().manual_seed(cfg.seed)
             scaler = RewardScaler(N, algo_cfg.gamma) if cfg.norm_reward else None
             act_shape = () if agent.discrete else tuple(venv.action_space.shape)
-            rollout = Rollout(T, N, venv.obs_dim, act_shape)
+            rollout = Rollout(T, N, venv.obs_dim, act_shape, model.state_size, cfg.seq_len)
+            rnn_state = model.initial_state(N)  # recurrent state carried across rollouts
 
             step, iteration, best, prev_wall, prev_cpu = 0, 0, -float("inf"), 0.0, 0.0
             recent: deque = deque(maxlen=100)
@@ -129,6 +130,8 @@ class SyncRunner(Runner):
                 recent.extend(meta["recent_returns"])
                 recent_len.extend(meta["recent_lengths"])
                 venv.set_state(json.loads(ts["envs"]))
+                if model.recurrent:
+                    rnn_state.copy_(ts["rnn_state"])
                 if step >= cfg.steps:
                     raise ContrlError(f"run already has {step:,} of {cfg.steps:,} steps; give more with --steps N")
 
@@ -144,6 +147,7 @@ class SyncRunner(Runner):
                     "generator": gen.get_state(),
                     "reward_scaler": json.dumps(scaler.state_dict()) if scaler is not None else "",
                     "envs": json.dumps(venv.get_state()),
+                    "rnn_state": rnn_state.clone(),
                     "meta": json.dumps({
                         "step": step, "iteration": iteration, "best_eval": best,
                         "wall_s": prev_wall + time.time() - t_start, "cpu_s": prev_cpu + _cpu_seconds() - c_start,
@@ -165,7 +169,7 @@ class SyncRunner(Runner):
                 window = StatsWindow()
                 while step < cfg.steps:
                     lr = rule.set_progress(step / cfg.steps)
-                    last_values = collect(agent, venv, rollout, gen, scaler, on_step)
+                    last_values = collect(agent, venv, rollout, gen, scaler, on_step, rnn_state)
                     step += per_iter
                     rollout.finish(last_values, algo_cfg.gamma, algo_cfg.gae_lambda)
                     stats = rule.update(rollout, gen)

@@ -1,0 +1,107 @@
+"""The recurrent actor-critic (``--net lstm``): encoder MLP -> LSTM -> per-head MLP -> heads.
+
+The recurrent state of a batch of envs is one tensor ``[B, state_size]`` (h and c of every
+layer, of the shared LSTM or of the actor's and the critic's), so the acting loop and the
+rollout store it like any other per-env quantity. ``step`` advances it by one observation;
+``seq`` runs whole ``[L, B]`` sequences from their initial states in one LSTM call (torch's
+C++ loop), which is how training replays stored sequences (truncated BPTT). Both compute the
+same numbers: acting step by step and training over the sequence agree exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from contrl.config import NetConfig
+from contrl.nets.actor_critic import ActorCritic, _plan, _run, init_orthogonal, mlp
+
+
+class RecurrentActorCritic(nn.Module):
+    recurrent = True
+
+    def __init__(self, obs_dim: int, action_space: gym.Space, cfg: NetConfig):
+        super().__init__()
+        self.discrete = isinstance(action_space, gym.spaces.Discrete)
+        act_dim = int(action_space.n) if self.discrete else int(np.prod(action_space.shape))
+        H, layers = cfg.lstm_hidden, cfg.lstm_layers
+        enc_out = cfg.hidden[-1] if cfg.hidden else obs_dim
+        self.encoder = mlp(obs_dim, cfg.hidden, cfg.activation)
+        self.lstm = nn.LSTM(enc_out, H, layers)
+        self.v_encoder = mlp(obs_dim, cfg.hidden, cfg.activation) if cfg.critic_lstm else None
+        self.v_lstm = nn.LSTM(enc_out, H, layers) if cfg.critic_lstm else None
+        self.pi_post = mlp(H, cfg.post_hidden, cfg.activation)
+        self.v_post = mlp(H, cfg.post_hidden, cfg.activation)
+        width = cfg.post_hidden[-1] if cfg.post_hidden else H
+        self.pi_head = nn.Linear(width, act_dim)
+        self.v_head = nn.Linear(width, 1)
+        self.log_std = None if self.discrete else nn.Parameter(torch.full((act_dim,), float(cfg.log_std_init)))
+        self.H, self.layers, self.n_lstm = H, layers, 2 if cfg.critic_lstm else 1
+        self.state_size = self.n_lstm * 2 * layers * H
+        self._plans = {name: _plan(getattr(self, name)) for name in ("encoder", "v_encoder", "pi_post", "v_post")
+                       if getattr(self, name) is not None}
+        if cfg.ortho_init:
+            for m in (self.encoder, self.v_encoder, self.pi_post, self.v_post):
+                if m is not None:
+                    init_orthogonal(m, math.sqrt(2))
+            for lstm in (self.lstm, self.v_lstm):
+                if lstm is not None:
+                    for name, p in lstm.named_parameters():
+                        nn.init.orthogonal_(p, 1.0) if name.startswith("weight") else nn.init.zeros_(p)
+            init_orthogonal(self.pi_head, 0.01)
+            init_orthogonal(self.v_head, 1.0)
+
+    # -- state layout: [B, n_lstm * 2 * layers * H] <-> [(h, c)] with h, c [layers, B, H] -------
+    def initial_state(self, n: int) -> torch.Tensor:
+        return torch.zeros(n, self.state_size)
+
+    def _unpack(self, state: torch.Tensor) -> list:
+        x = state.view(state.shape[0], self.n_lstm, 2, self.layers, self.H).permute(1, 2, 3, 0, 4)
+        return [(x[i, 0].contiguous(), x[i, 1].contiguous()) for i in range(self.n_lstm)]
+
+    @staticmethod
+    def _pack(hcs: list) -> torch.Tensor:
+        x = torch.stack([torch.stack(hc) for hc in hcs])  # [n_lstm, 2, layers, B, H]
+        return x.permute(3, 0, 1, 2, 4).reshape(x.shape[3], -1)
+
+    # -- forward ------------------------------------------------------------------------------
+    def seq(self, obs: torch.Tensor, state: torch.Tensor):
+        """obs ``[L, B, D]`` from initial states ``[B, S]`` -> (pi_out [L, B, A], V [L, B], final state)."""
+        hcs = self._unpack(state)
+        out, hc = self.lstm(_run(self._plans["encoder"], obs), hcs[0])
+        new = [hc]
+        if self.v_lstm is not None:
+            v_out, v_hc = self.v_lstm(_run(self._plans["v_encoder"], obs), hcs[1])
+            new.append(v_hc)
+        else:
+            v_out = out
+        pi_out = F.linear(_run(self._plans["pi_post"], out), self.pi_head.weight, self.pi_head.bias)
+        v = F.linear(_run(self._plans["v_post"], v_out), self.v_head.weight, self.v_head.bias).squeeze(-1)
+        return pi_out, v, self._pack(new)
+
+    def step(self, obs: torch.Tensor, state: torch.Tensor):
+        """One step of a batch: obs ``[N, D]``, state ``[N, S]`` -> (pi_out, V, next state)."""
+        pi_out, v, new = self.seq(obs.unsqueeze(0), state)
+        return pi_out[0], v[0], new
+
+    def value_step(self, obs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """V(obs) given the state before it (bootstrap values), without the policy branch."""
+        hcs = self._unpack(state)
+        if self.v_lstm is not None:
+            out, _ = self.v_lstm(_run(self._plans["v_encoder"], obs.unsqueeze(0)), hcs[1])
+        else:
+            out, _ = self.lstm(_run(self._plans["encoder"], obs.unsqueeze(0)), hcs[0])
+        return F.linear(_run(self._plans["v_post"], out[0]), self.v_head.weight, self.v_head.bias).squeeze(-1)
+
+    def forward_batch(self, batch):
+        """(distribution parameters, values) at the valid steps of a padded sequence batch, in the
+        order of ``batch.mask`` (time-major), matching the batch's flat fields."""
+        pi_out, v, _ = self.seq(batch.obs, batch.state0)
+        return pi_out[batch.mask], v[batch.mask]
+
+    dist = ActorCritic.dist  # the same heads: categorical or diagonal Gaussian
