@@ -11,8 +11,10 @@ from typing import Any, Optional
 import gymnasium as gym
 import numpy as np
 
-from contrl.envs import pomdp  # noqa: F401 - registers the velocity-masked ids (contrl/CartPoleNoVel-v1, ...)
+from contrl.envs import pomdp
 from contrl.errors import ContrlError
+
+pomdp.register()  # the velocity-masked ids (contrl/CartPoleNoVel-v1, ...), in every process that makes envs
 
 warnings.filterwarnings("ignore", message=".*compiler attribute.*")
 

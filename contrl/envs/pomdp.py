@@ -77,6 +77,3 @@ def masked_id(env_id: str, env_kwargs: dict) -> tuple[str, dict]:
     known = sorted({base for base, _ in MASKED.values()})
     raise ContrlError(f"--mask-velocity knows the velocities of {', '.join(known)} only, not '{env_id}'; "
                       f"use one of those or wrap your env yourself")
-
-
-register()
