@@ -1,8 +1,9 @@
-"""contrl vs Stable-Baselines3 (PPO or A2C), identical hyper-parameters, side by side in one session.
+"""contrl vs Stable-Baselines3 (PPO, A2C, recurrent PPO), identical hyper-parameters, side by side.
 
     pip install -e ".[bench]"
     python benchmarks/vs_sb3.py --algo ppo --env LunarLander-v3 --steps 1000000 --seeds 0 1 2
     python benchmarks/vs_sb3.py --algo a2c --env LunarLander-v3 --steps 200000 1000000 --seeds 0 1 2
+    python benchmarks/vs_sb3.py --algo ppo-lstm --env LunarLander-v3 --steps 49152 --seeds 0 [--lstm-hidden 64]
 
 Both use 1 torch thread, in-process envs, 64x64 tanh MLPs for pi and V with orthogonal init, and
 the RL zoo's LunarLander values:
@@ -10,8 +11,13 @@ the RL zoo's LunarLander values:
 - a2c: 8 envs, n_steps 5, gamma 0.995, lr 8.3e-4 decaying linearly to 0 over the run, ent 1e-5,
   vf 0.5, grad norm 0.5, RMSprop with TensorFlow's epsilon placement in both (SB3's
   RMSpropTFLike, alpha 0.99, eps 1e-5).
-For each budget and seed the two libraries run one after the other; the script prints one JSON
-line per run and a table of ratios. Final return: 10 deterministic episodes, env seeds 20000+.
+- ppo-lstm: the ppo values above with sb3-contrib's RecurrentPPO "MlpLstmPolicy" defaults:
+  LSTM(obs, 256) (or --lstm-hidden) for the actor and another for the critic, then 64x64 tanh MLPs, orthogonal
+  init; contrl: ``--net lstm`` with net.hidden=[] lstm_hidden=256 critic_lstm=true
+  post_hidden=[64,64] and seq_len=64 (RecurrentPPO's sequences are cut at minibatch edges, so
+  at most batch_size=64 long). contrl's MLP PPO with the same values runs too (LSTM/MLP ratio).
+For each budget and seed the libraries run one after the other; the script prints one JSON line
+per run and a table of ratios. Final return: 10 deterministic episodes, env seeds 20000+.
 """
 
 from __future__ import annotations
@@ -27,29 +33,52 @@ import torch
 HP = {
     "ppo": dict(n_envs=16, n_steps=1024, batch_size=64, n_epochs=4, gamma=0.999, gae_lambda=0.98, ent_coef=0.01,
                 lr=3e-4, clip_range=0.2, vf_coef=0.5, max_grad_norm=0.5),
+    "ppo-lstm": dict(n_envs=16, n_steps=1024, batch_size=64, n_epochs=4, gamma=0.999, gae_lambda=0.98,
+                     ent_coef=0.01, lr=3e-4, clip_range=0.2, vf_coef=0.5, max_grad_norm=0.5),
     "a2c": dict(n_envs=8, n_steps=5, gamma=0.995, gae_lambda=1.0, lr=8.3e-4, anneal_lr=True, ent_coef=1e-5,
                 vf_coef=0.5, max_grad_norm=0.5, optimizer="rmsprop", alpha=0.99, eps=1e-5),
 }
 
 
-def run_contrl(algo: str, env: str, steps: int, seed: int) -> dict:
+LSTM_NET = {"net.hidden": [], "net.lstm_hidden": 256, "net.critic_lstm": True, "net.post_hidden": [64, 64],
+            "net.seq_len": 64}
+
+
+LSTM_HIDDEN = [256]  # --lstm-hidden: the LSTM size of both libraries (RecurrentPPO's default 256)
+
+
+def run_contrl(algo: str, env: str, steps: int, seed: int, mlp: bool = False) -> dict:
     from contrl.api import train
 
+    lstm = algo == "ppo-lstm" and not mlp
     with tempfile.TemporaryDirectory() as d:
         t0 = time.time()
-        agent = train(algo, env, steps=steps, seed=seed, out=f"{d}/run", quiet=True, tensorboard=False,
-                      overrides={**HP[algo], "vec": "inprocess", "eval_every": 10**9, "eval_episodes": 1,
-                                 "final_eval_episodes": 0})
+        agent = train(algo.replace("-lstm", ""), env, steps=steps, seed=seed, out=f"{d}/run", quiet=True,
+                      tensorboard=False, net="lstm" if lstm else "mlp",
+                      overrides={**HP[algo], **(LSTM_NET if lstm else {}),
+                                 **({"net.lstm_hidden": LSTM_HIDDEN[0]} if lstm else {}), "vec": "inprocess", "eval_every": 10**9,
+                                 "eval_episodes": 1, "final_eval_episodes": 0})
         wall = time.time() - t0
         ev = agent.evaluate(10, seed=20_000)
-    return {"lib": "contrl", "algo": algo, "seed": seed, "budget": steps, "steps": agent.summary["steps"],
-            "wall_s": wall, "steps_per_s": agent.summary["steps"] / wall, "final_return": ev["mean"]}
+    return {"lib": "contrl-mlp" if mlp else "contrl", "algo": algo, "seed": seed, "budget": steps,
+            "steps": agent.summary["steps"], "wall_s": wall, "steps_per_s": agent.summary["steps"] / wall,
+            "final_return": ev["mean"]}
+
+
+def run_contrl_mlp(algo: str, env: str, steps: int, seed: int) -> dict:
+    return run_contrl(algo, env, steps, seed, mlp=True)
 
 
 def _sb3_model(algo: str, venv, seed: int):
     hp = HP[algo]
     common = dict(n_steps=hp["n_steps"], gamma=hp["gamma"], gae_lambda=hp["gae_lambda"], ent_coef=hp["ent_coef"],
                   vf_coef=hp["vf_coef"], max_grad_norm=hp["max_grad_norm"], seed=seed, device="cpu", verbose=0)
+    if algo == "ppo-lstm":
+        from sb3_contrib import RecurrentPPO
+
+        return RecurrentPPO("MlpLstmPolicy", venv, batch_size=hp["batch_size"], n_epochs=hp["n_epochs"],
+                            learning_rate=hp["lr"], clip_range=hp["clip_range"],
+                            policy_kwargs=dict(lstm_hidden_size=LSTM_HIDDEN[0]), **common)
     if algo == "ppo":
         from stable_baselines3 import PPO
 
@@ -79,14 +108,18 @@ def run_sb3(algo: str, env: str, steps: int, seed: int) -> dict:
     for i in range(10):
         e = gym.make(env)
         obs, _ = e.reset(seed=20_000 + i)
-        done, total = False, 0.0
+        done, total, state, start = False, 0.0, None, np.ones(1, bool)
         while not done:
-            a, _ = model.predict(obs, deterministic=True)
+            if algo == "ppo-lstm":
+                a, state = model.predict(obs, state=state, episode_start=start, deterministic=True)
+                start = np.zeros(1, bool)
+            else:
+                a, _ = model.predict(obs, deterministic=True)
             obs, r, term, trunc, _ = e.step(a)
             total += float(r)
             done = term or trunc
         rets.append(total)
-    return {"lib": "sb3", "algo": algo, "seed": seed, "budget": steps, "steps": int(model.num_timesteps),
+    return {"lib": "sb3-contrib" if algo == "ppo-lstm" else "sb3", "algo": algo, "seed": seed, "budget": steps, "steps": int(model.num_timesteps),
             "wall_s": wall, "steps_per_s": model.num_timesteps / wall, "final_return": float(np.mean(rets))}
 
 
@@ -96,24 +129,31 @@ def main() -> None:
     ap.add_argument("--env", default="LunarLander-v3")
     ap.add_argument("--steps", type=int, nargs="+", default=[1_000_000], help="one or more budgets")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--lstm-hidden", type=int, default=256, help="ppo-lstm: LSTM size in both libraries")
     args = ap.parse_args()
+    LSTM_HIDDEN[0] = args.lstm_hidden
     torch.set_num_threads(1)
     results = []
+    runs = (run_contrl, run_sb3, run_contrl_mlp) if args.algo == "ppo-lstm" else (run_contrl, run_sb3)
     for steps in args.steps:
         for seed in args.seeds:
-            for fn in (run_contrl, run_sb3):
+            for fn in runs:
                 r = fn(args.algo, args.env, steps, seed)
                 print(json.dumps(r), flush=True)
                 results.append(r)
     for steps in args.steps:
-        print(f"-- {args.algo} on {args.env}, {steps:,} steps, seeds {args.seeds}")
-        for lib in ("contrl", "sb3"):
+        lstm = f", LSTM {args.lstm_hidden}" if args.algo == "ppo-lstm" else ""
+        print(f"-- {args.algo} on {args.env}, {steps:,} steps, seeds {args.seeds}{lstm}")
+        sps = {}
+        for lib in sorted({r["lib"] for r in results}):
             rs = [r for r in results if r["lib"] == lib and r["budget"] == steps]
-            print(f"{lib:7s} steps/s {np.mean([r['steps_per_s'] for r in rs]):8,.0f}  final return "
+            sps[lib] = np.mean([r["steps_per_s"] for r in rs])
+            print(f"{lib:11s} steps/s {sps[lib]:8,.0f}  final return "
                   f"{np.mean([r['final_return'] for r in rs]):7.1f} +- {np.std([r['final_return'] for r in rs]):.1f}")
-        c = np.mean([r["steps_per_s"] for r in results if r["lib"] == "contrl" and r["budget"] == steps])
-        s = np.mean([r["steps_per_s"] for r in results if r["lib"] == "sb3" and r["budget"] == steps])
-        print(f"steps/s ratio contrl/sb3: {c / s:.2f}x")
+        peer = "sb3-contrib" if args.algo == "ppo-lstm" else "sb3"
+        print(f"steps/s ratio contrl/{peer}: {sps['contrl'] / sps[peer]:.2f}x")
+        if "contrl-mlp" in sps:
+            print(f"steps/s ratio contrl LSTM / contrl MLP: {sps['contrl'] / sps['contrl-mlp']:.2f}")
 
 
 if __name__ == "__main__":

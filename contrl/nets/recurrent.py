@@ -5,7 +5,7 @@ layer, of the shared LSTM or of the actor's and the critic's), so the acting loo
 rollout store it like any other per-env quantity. ``step`` advances it by one observation;
 ``seq`` runs whole ``[L, B]`` sequences from their initial states in one LSTM call (torch's
 C++ loop), which is how training replays stored sequences (truncated BPTT). Both compute the
-same numbers: acting step by step and training over the sequence agree exactly.
+same function: acting step by step and training over the sequence agree to float rounding.
 """
 
 from __future__ import annotations
@@ -84,19 +84,40 @@ class RecurrentActorCritic(nn.Module):
         v = F.linear(_run(self._plans["v_post"], v_out), self.v_head.weight, self.v_head.bias).squeeze(-1)
         return pi_out, v, self._pack(new)
 
+    @staticmethod
+    def _cell(lstm: nn.LSTM, x: torch.Tensor, hc: tuple) -> tuple:
+        """One time step of ``lstm`` with ``torch.lstm_cell`` per layer: the same arithmetic as
+        the sequence call, 2-3x faster for one step on this CPU (no oneDNN set-up)."""
+        hs, cs = [], []
+        for layer in range(lstm.num_layers):
+            w = [getattr(lstm, f"{name}_l{layer}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+            x, c = torch.lstm_cell(x, (hc[0][layer], hc[1][layer]), *w)
+            hs.append(x)
+            cs.append(c)
+        return x, (torch.stack(hs), torch.stack(cs))
+
     def step(self, obs: torch.Tensor, state: torch.Tensor):
         """One step of a batch: obs ``[N, D]``, state ``[N, S]`` -> (pi_out, V, next state)."""
-        pi_out, v, new = self.seq(obs.unsqueeze(0), state)
-        return pi_out[0], v[0], new
+        hcs = self._unpack(state)
+        out, hc = self._cell(self.lstm, _run(self._plans["encoder"], obs), hcs[0])
+        new = [hc]
+        if self.v_lstm is not None:
+            v_out, v_hc = self._cell(self.v_lstm, _run(self._plans["v_encoder"], obs), hcs[1])
+            new.append(v_hc)
+        else:
+            v_out = out
+        pi_out = F.linear(_run(self._plans["pi_post"], out), self.pi_head.weight, self.pi_head.bias)
+        v = F.linear(_run(self._plans["v_post"], v_out), self.v_head.weight, self.v_head.bias).squeeze(-1)
+        return pi_out, v, self._pack(new)
 
     def value_step(self, obs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """V(obs) given the state before it (bootstrap values), without the policy branch."""
         hcs = self._unpack(state)
         if self.v_lstm is not None:
-            out, _ = self.v_lstm(_run(self._plans["v_encoder"], obs.unsqueeze(0)), hcs[1])
+            out, _ = self._cell(self.v_lstm, _run(self._plans["v_encoder"], obs), hcs[1])
         else:
-            out, _ = self.lstm(_run(self._plans["encoder"], obs.unsqueeze(0)), hcs[0])
-        return F.linear(_run(self._plans["v_post"], out[0]), self.v_head.weight, self.v_head.bias).squeeze(-1)
+            out, _ = self._cell(self.lstm, _run(self._plans["encoder"], obs), hcs[0])
+        return F.linear(_run(self._plans["v_post"], out), self.v_head.weight, self.v_head.bias).squeeze(-1)
 
     def forward_batch(self, batch):
         """(distribution parameters, values) at the valid steps of a padded sequence batch, in the

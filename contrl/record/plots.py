@@ -45,7 +45,8 @@ def _group(run: Path) -> tuple[str, str]:
     cfg = json.loads(cfg_path.read_text())
     cfg.pop("seed", None)
     kw = cfg.get("env_kwargs") or {}
-    label = f"{cfg.get('algo')} {cfg.get('env')}" + (f" {kw}" if kw else "")
+    net = (cfg.get("net") or {}).get("type", "mlp")
+    label = f"{cfg.get('algo')}{'-lstm' if net == 'lstm' else ''} {cfg.get('env')}" + (f" {kw}" if kw else "")
     return json.dumps(cfg, sort_keys=True), label
 
 
