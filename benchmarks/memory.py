@@ -58,6 +58,18 @@ def speed(envs: list[str], steps: int) -> None:
         print(f"{env}: LSTM {sps['lstm']:,.0f} vs MLP {sps['mlp']:,.0f} steps/s = {sps['lstm'] / sps['mlp']:.0%}")
 
 
+def _evals(runs: list[str]) -> list[tuple[int, float]]:
+    """(step of the first seed, mean over seeds) of each periodic evaluation in progress.csv."""
+    import csv
+
+    per_run = []
+    for run in runs:
+        with open(Path(run) / "progress.csv", newline="") as f:
+            per_run.append([(int(r["step"]), float(r["eval_return"])) for r in csv.DictReader(f) if r.get("eval_return")])
+    n = min(len(p) for p in per_run)
+    return [(per_run[0][i][0], float(np.mean([p[i][1] for p in per_run]))) for i in range(n)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--envs", nargs="+", default=["contrl/PendulumNoVel-v1", "contrl/LunarLanderNoVel-v3"])
@@ -86,6 +98,13 @@ def main() -> None:
             finals = [r["final"] for r in rs]
             print(f"| {env} | {net} | {rs[0]['steps']:,} | {np.mean(finals):.1f} +- {np.std(finals):.1f} | "
                   f"{', '.join(f'{f:.1f}' for f in finals)} | {np.mean([r['steps_per_s'] for r in rs]):,.0f} |")
+        print(f"\nperiodic evaluations on {env} (10 episodes each; mean over seeds):\n")
+        print("| step | mlp | lstm |\n|---|---|---|")
+        evals = {net: _evals([r["run"] for r in results if r["env"] == env and r["net"] == net])
+                 for net in ("mlp", "lstm")}
+        for i, (step, v) in enumerate(evals["mlp"]):
+            other = evals["lstm"][i][1] if i < len(evals["lstm"]) else float("nan")
+            print(f"| {step:,} | {v:.1f} | {other:.1f} |")
         runs = [r["run"] for r in results if r["env"] == env]
         png = out / f"{env.split('/')[-1]}.png"
         plot_runs(runs, png, window=20)
