@@ -159,7 +159,7 @@ def test_chapter_lstm_preset_is_the_chapters_network():
 
 def test_memory_task_mlp_at_chance_lstm_solves_it(tmp_path):
     """Reward depends on the cue seen 5 steps earlier. Measured (seed 0, 30k steps, ~5 s each):
-    MLP -0.04 over 100 episodes (chance is 0), LSTM 1.0."""
+    MLP -0.04 over 200 episodes (chance is 0), LSTM 1.0."""
     common = dict(steps=30_000, seed=0, quiet=True, tensorboard=False,
                   overrides={"n_envs": 8, "n_steps": 32, "batch_size": 64, "n_epochs": 4, "lr": 3e-3,
                              "ent_coef": 0.01, "final_eval_episodes": 200})
