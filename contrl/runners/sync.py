@@ -7,7 +7,8 @@ rule's gradient steps, logging, periodic evaluation and checkpoints.
 
 Checkpoints are taken between iterations and hold everything the next iteration depends on
 (parameters, optimiser, generator, normalisation statistics, step counters, each env's
-replayable state and the recurrent state of a recurrent network), so a resumed run continues exactly as the uninterrupted one would.
+replayable state and the recurrent state of a recurrent network), so a resumed run continues
+exactly as the uninterrupted one would.
 """
 
 from __future__ import annotations
