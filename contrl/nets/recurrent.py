@@ -70,19 +70,22 @@ class RecurrentActorCritic(nn.Module):
         return x.permute(3, 0, 1, 2, 4).reshape(x.shape[3], -1)
 
     # -- forward ------------------------------------------------------------------------------
-    def seq(self, obs: torch.Tensor, state: torch.Tensor):
-        """obs ``[L, B, D]`` from initial states ``[B, S]`` -> (pi_out [L, B, A], V [L, B], final state)."""
+    def _forward(self, obs: torch.Tensor, state: torch.Tensor, lstm_call):
         hcs = self._unpack(state)
-        out, hc = self.lstm(_run(self._plans["encoder"], obs), hcs[0])
+        out, hc = lstm_call(self.lstm, _run(self._plans["encoder"], obs), hcs[0])
         new = [hc]
         if self.v_lstm is not None:
-            v_out, v_hc = self.v_lstm(_run(self._plans["v_encoder"], obs), hcs[1])
+            v_out, v_hc = lstm_call(self.v_lstm, _run(self._plans["v_encoder"], obs), hcs[1])
             new.append(v_hc)
         else:
             v_out = out
         pi_out = F.linear(_run(self._plans["pi_post"], out), self.pi_head.weight, self.pi_head.bias)
         v = F.linear(_run(self._plans["v_post"], v_out), self.v_head.weight, self.v_head.bias).squeeze(-1)
         return pi_out, v, self._pack(new)
+
+    def seq(self, obs: torch.Tensor, state: torch.Tensor):
+        """obs ``[L, B, D]`` from initial states ``[B, S]`` -> (pi_out [L, B, A], V [L, B], final state)."""
+        return self._forward(obs, state, lambda lstm, x, hc: lstm(x, hc))
 
     @staticmethod
     def _cell(lstm: nn.LSTM, x: torch.Tensor, hc: tuple) -> tuple:
@@ -98,17 +101,7 @@ class RecurrentActorCritic(nn.Module):
 
     def step(self, obs: torch.Tensor, state: torch.Tensor):
         """One step of a batch: obs ``[N, D]``, state ``[N, S]`` -> (pi_out, V, next state)."""
-        hcs = self._unpack(state)
-        out, hc = self._cell(self.lstm, _run(self._plans["encoder"], obs), hcs[0])
-        new = [hc]
-        if self.v_lstm is not None:
-            v_out, v_hc = self._cell(self.v_lstm, _run(self._plans["v_encoder"], obs), hcs[1])
-            new.append(v_hc)
-        else:
-            v_out = out
-        pi_out = F.linear(_run(self._plans["pi_post"], out), self.pi_head.weight, self.pi_head.bias)
-        v = F.linear(_run(self._plans["v_post"], v_out), self.v_head.weight, self.v_head.bias).squeeze(-1)
-        return pi_out, v, self._pack(new)
+        return self._forward(obs, state, self._cell)
 
     def value_step(self, obs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """V(obs) given the state before it (bootstrap values), without the policy branch."""
