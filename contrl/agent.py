@@ -14,13 +14,17 @@ from contrl.config import Config, config_from_dict
 from contrl.envs.make import make_env, space_signature
 from contrl.envs.normalize import ObsNormalizer
 from contrl.errors import ContrlError
+from contrl.nets.acer import ACERNet
 from contrl.nets.actor_critic import ActorCritic
 from contrl.nets.recurrent import RecurrentActorCritic
 from contrl.record.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 
 
-def build_model(cfg: Config, obs_space: gym.Space, act_space: gym.Space) -> ActorCritic | RecurrentActorCritic:
-    cls = RecurrentActorCritic if cfg.net.type == "lstm" else ActorCritic
+def build_model(cfg: Config, obs_space: gym.Space, act_space: gym.Space) -> ActorCritic | RecurrentActorCritic | ACERNet:
+    if cfg.rule == "acer":
+        cls = ACERNet
+    else:
+        cls = RecurrentActorCritic if cfg.net.type == "lstm" else ActorCritic
     return cls(int(np.prod(obs_space.shape)), act_space, cfg.net)
 
 

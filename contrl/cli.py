@@ -34,6 +34,10 @@ def cmd_train(a: argparse.Namespace) -> int:
     overrides = parse_assignments(a.set, "--set")
     if a.workers is not None:
         overrides = {"workers": a.workers, **overrides}
+    if a.buffer_size is not None:
+        if (a.algo or "") != "acer":
+            raise ContrlError("--buffer-size applies to acer (the replay memory); drop it for other algorithms")
+        overrides = {"buffer_size": a.buffer_size, **overrides}
     env_kwargs = parse_assignments(a.env_kwargs, "--env-kwargs")
     try:
         agent = train(a.algo or "ppo", a.env, steps=a.steps, seed=a.seed, preset=a.preset,
@@ -48,6 +52,10 @@ def cmd_train(a: argparse.Namespace) -> int:
     if "final_eval" in s:
         print(f"final evaluation: {_fmt_eval(s['final_eval'])}")
     print(f"best periodic evaluation: {s['best_eval']:.2f}")
+    if "replay_buffer" in s:
+        rb = s["replay_buffer"]
+        print(f"replay buffer: {rb['stored_transitions']:,} of {rb['capacity_transitions']:,} transitions, "
+              f"{rb['bytes'] / 2**20:.1f} MiB")
     print(f"compute: {s['steps']:,} steps in {s['wall_s']:.1f} wall-s, {s['cpu_s']:.1f} CPU-s "
           f"({s['steps_per_s']:,.0f} steps/s)")
     return 0
@@ -101,11 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", parser_class=_Parser, required=True)
 
     t = sub.add_parser("train", help="train an agent")
-    t.add_argument("algo", nargs="?", help="algorithm: ppo | a2c | a3c")
+    t.add_argument("algo", nargs="?", help="algorithm: ppo | a2c | a3c | acer")
     t.add_argument("--env", help="Gymnasium id (LunarLander-v3) or package.module:ClassName")
     t.add_argument("--steps", type=float, help="total environment steps (1e6 or 1000000)")
     t.add_argument("--seed", type=int)
     t.add_argument("--workers", type=int, help="a3c: worker processes (default 2)")
+    t.add_argument("--buffer-size", type=float, metavar="N",
+                   help="acer: replay capacity in transitions (default 50000; the summary reports its memory)")
     t.add_argument("--net", choices=["mlp", "lstm"],
                    help="network: mlp (default) or lstm (recurrent; picks NAME-lstm presets, e.g. chapter-lstm)")
     t.add_argument("--mask-velocity", action="store_true",

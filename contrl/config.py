@@ -22,11 +22,11 @@ import yaml
 from contrl.errors import ContrlError
 
 PRESET_DIR = Path(__file__).parent / "presets"
-ALGOS = ("ppo", "a2c", "a3c")
+ALGOS = ("ppo", "a2c", "a3c", "acer")
 # the update rule (and config section) behind each algorithm name: A3C is A2C's rule on the
 # asynchronous runner, not a second copy of it
-RULE_OF = {"ppo": "ppo", "a2c": "a2c", "a3c": "a2c"}
-RUNNER_OF = {"ppo": "sync", "a2c": "sync", "a3c": "async"}
+RULE_OF = {"ppo": "ppo", "a2c": "a2c", "a3c": "a2c", "acer": "acer"}
+RUNNER_OF = {"ppo": "sync", "a2c": "sync", "a3c": "async", "acer": "sync"}
 # run-level defaults that differ by algorithm (applied before the preset)
 ALGO_DEFAULTS = {"a3c": {"n_envs": 1}}
 
@@ -102,6 +102,33 @@ class A2CConfig:
 
 
 @dataclass
+class ACERConfig:
+    """ACER (Wang et al. 2016): Retrace, truncated importance sampling with bias correction, an
+    average policy network and a trust region, experience replay. Names follow OpenAI Baselines'
+    ACER where they exist; defaults are the paper's / Baselines' Atari values."""
+
+    lr: float = 7e-4  # learning rate
+    anneal_lr: bool = False  # linear decay of lr to 0 over the run
+    n_steps: int = 20  # segment length k per env (one on-policy update per segment)
+    gamma: float = 0.99  # discount
+    ent_coef: float = 0.01  # entropy bonus coefficient
+    q_coef: float = 0.5  # critic loss coefficient: loss += q_coef * MSE(Q(s, a), Q_ret)
+    max_grad_norm: float = 10.0  # gradient-norm clipping (0: off)
+    c: float = 10.0  # importance-weight truncation: min(c, rho) in the policy gradient
+    replay_ratio: float = 4.0  # mean of the Poisson number of replayed updates per new segment (0: on-policy)
+    buffer_size: int = 50_000  # replay capacity in transitions (rounded down to whole segments)
+    replay_start: int = 10_000  # transitions stored before replay starts
+    trust_region: bool = True  # the average policy network and the trust-region projection
+    delta: float = 1.0  # trust-region bound on the linearised KL(avg || pi) per sample
+    avg_decay: float = 0.99  # Polyak decay of the average policy network (the paper's alpha)
+    sdn_samples: int = 5  # continuous: actions u_i ~ pi in the SDN's mean_i A(s, u_i)
+    q_opc: Optional[bool] = None  # Q_opc (Retrace with c = 1) in the policy gradient; None: continuous only
+    optimizer: str = "rmsprop"  # rmsprop (TensorFlow-style: eps inside the sqrt) | adam
+    alpha: float = 0.99  # RMSprop decay of the squared-gradient average
+    eps: float = 1e-5  # RMSprop / Adam epsilon
+
+
+@dataclass
 class Config:
     """One training run."""
 
@@ -127,6 +154,7 @@ class Config:
     net: NetConfig = field(default_factory=NetConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     a2c: A2CConfig = field(default_factory=A2CConfig)
+    acer: ACERConfig = field(default_factory=ACERConfig)
 
     @property
     def rule(self) -> str:
@@ -167,7 +195,7 @@ class Config:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
 
 
-RULE_SECTIONS = {"ppo": PPOConfig, "a2c": A2CConfig}
+RULE_SECTIONS = {"ppo": PPOConfig, "a2c": A2CConfig, "acer": ACERConfig}
 SECTIONS = {"net": NetConfig, **RULE_SECTIONS}
 
 
@@ -463,13 +491,32 @@ def validate(cfg: Config) -> None:
     p = cfg.algo_config()
     _need(p.lr > 0, f"lr must be > 0, got {p.lr}; use e.g. --set lr=3e-4")
     _need(0 < p.gamma <= 1, f"gamma must be in (0, 1], got {p.gamma}; use e.g. --set gamma=0.99")
-    _need(0 <= p.gae_lambda <= 1, f"gae_lambda must be in [0, 1], got {p.gae_lambda}")
     _need(p.n_steps >= 1, f"n_steps must be >= 1, got {p.n_steps}")
     _need(p.ent_coef >= 0, f"ent_coef must be >= 0, got {p.ent_coef}")
-    _need(p.vf_coef >= 0, f"vf_coef must be >= 0, got {p.vf_coef}")
     _need(p.max_grad_norm >= 0, f"max_grad_norm must be >= 0 (0: off), got {p.max_grad_norm}")
+    if cfg.rule != "acer":
+        _need(0 <= p.gae_lambda <= 1, f"gae_lambda must be in [0, 1], got {p.gae_lambda}")
+        _need(p.vf_coef >= 0, f"vf_coef must be >= 0, got {p.vf_coef}")
     rollout = p.n_steps * cfg.n_envs
-    if cfg.rule == "ppo":
+    if cfg.rule == "acer":
+        _need(n.type == "mlp", "acer with --net lstm is not available yet; use --net mlp (the default)")
+        _need(p.q_coef >= 0, f"q_coef must be >= 0, got {p.q_coef}")
+        _need(p.c > 0, f"c (importance-weight truncation) must be > 0, got {p.c}; use e.g. --set c=10")
+        _need(p.replay_ratio >= 0, f"replay_ratio must be >= 0 (0: on-policy only), got {p.replay_ratio}")
+        _need(p.delta > 0, f"delta (trust region) must be > 0, got {p.delta}; use e.g. --set delta=1")
+        _need(0 <= p.avg_decay < 1, f"avg_decay must be in [0, 1), got {p.avg_decay}")
+        _need(p.sdn_samples >= 1, f"sdn_samples must be >= 1, got {p.sdn_samples}")
+        _need(p.optimizer in ("rmsprop", "adam"), f"optimizer must be rmsprop or adam, got '{p.optimizer}'")
+        _need(0 <= p.alpha < 1, f"alpha (RMSprop decay) must be in [0, 1), got {p.alpha}")
+        _need(p.eps > 0, f"eps must be > 0, got {p.eps}")
+        if p.replay_ratio > 0:
+            _need(p.buffer_size >= rollout,
+                  f"buffer_size {p.buffer_size} cannot hold one segment of n_steps*n_envs = {rollout} transitions; "
+                  f"raise --buffer-size")
+            _need(0 <= p.replay_start <= p.buffer_size,
+                  f"replay_start {p.replay_start} must be between 0 and buffer_size {p.buffer_size}, or replay "
+                  f"never starts; lower replay_start")
+    elif cfg.rule == "ppo":
         _need(p.clip_range > 0, f"clip_range must be > 0, got {p.clip_range}; use e.g. --set clip_range=0.2")
         _need(p.clip_range_vf is None or p.clip_range_vf > 0,
               f"clip_range_vf must be > 0 or none, got {p.clip_range_vf}")

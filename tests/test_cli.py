@@ -113,6 +113,26 @@ def test_a2c_a3c_chapter_presets_then_eval_play_plot(run_cli, tmp_path):
     run_cli("plot", "a2c", "a3c", "--out", tmp_path / "p.png", check=0)
 
 
+def test_acer_chapter_preset_buffer_size_then_eval_play(run_cli, tmp_path):
+    p = run_cli("train", "acer", "--preset", "chapter", "--steps", "300", "--buffer-size", "2e3", "--set",
+                "replay_start=100", "eval_episodes=1", "final_eval_episodes=1", "--no-tensorboard", "--out", "acer",
+                check=0)
+    cfg = _printed_config(p.stdout)
+    assert cfg["env"] == "LunarLander-v3" and cfg["n_envs"] == 1 and cfg["net"]["hidden"] == [256]
+    a = cfg["acer"]
+    assert a["lr"] == 2e-4 and a["n_steps"] == 10 and a["gamma"] == 0.98 and a["c"] == 1.0
+    assert a["buffer_size"] == 2000 and a["trust_region"] is False and "ppo" not in cfg and "a2c" not in cfg
+    # 300 steps = 30 segments of 10; the memory holds 200 of them (2,000 transitions)
+    assert "replay buffer: 300 of 2,000 transitions" in p.stdout
+    summary = json.loads((tmp_path / "acer" / "summary.json").read_text())
+    assert summary["replay_buffer"]["capacity_transitions"] == 2000
+    assert 0 < summary["replay_buffer"]["bytes"] < 2000 * 200  # LunarLander: ~2 x 8 obs floats per step
+    p = run_cli("eval", "acer", "--episodes", "2", check=0)
+    assert "acer on LunarLander-v3" in p.stdout
+    run_cli("play", "acer", "--video", tmp_path / "acer.gif", check=0)
+    assert (tmp_path / "acer.gif").stat().st_size > 1000
+
+
 @pytest.mark.parametrize("args,words", [
     (["train", "ppx", "--env", "CartPole-v1"], ["unknown algorithm 'ppx'", "ppo"]),
     (["train", "ppo", "--env", "LunarLander-v2"], ["unknown environment", "LunarLander-v3"]),
@@ -144,6 +164,12 @@ def test_a2c_a3c_chapter_presets_then_eval_play_plot(run_cli, tmp_path):
     (["train", "ppo", "--env", "CartPole-v1", "--net", "lstm", "--set", "net.seq_len=512"],
      ["net.seq_len 512 is longer than batch_size"]),
     (["train", "ppo", "--env", "Acrobot-v1", "--mask-velocity"], ["--mask-velocity knows", "CartPole-v1"]),
+    (["train", "acer", "--env", "CartPole-v1", "--buffer-size", "10"], ["buffer_size 10 cannot hold one segment"]),
+    (["train", "ppo", "--env", "CartPole-v1", "--buffer-size", "1e5"], ["--buffer-size applies to acer"]),
+    (["train", "acer", "--env", "CartPole-v1", "--net", "lstm"], ["acer with --net lstm is not available yet"]),
+    (["train", "acer", "--env", "CartPole-v1", "--set", "replay_start=999999"], ["replay_start 999999 must be"]),
+    (["train", "acer", "--env", "CartPole-v1", "--set", "c=0"], ["c (importance-weight truncation) must be > 0"]),
+    (["train", "acer", "--env", "CartPole-v1", "--set", "gae_lambda=0.9"], ["unknown config key 'gae_lambda'"]),
     (["eval", "missing_run"], ["not found"]),
     (["plot", "missing_run"], ["not found"]),
 ])

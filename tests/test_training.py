@@ -76,6 +76,9 @@ def _train_cmd(out, algo, env, steps, extra=()):
     ("ppo", "contrl/CartPoleNoVel-v1", 20_000, ["--net", "lstm", "--set", "n_steps=64", "batch_size=128",
                                                 "n_epochs=2", "net.seq_len=16", "eval_episodes=1",
                                                 "final_eval_episodes=1", "checkpoint_every=256"]),
+    # acer: the replay memory (wrapped around), the average network and the optimiser are saved
+    ("acer", "Pendulum-v1", 16_000, ["--set", "n_envs=4", "replay_start=400", "buffer_size=2000", "eval_episodes=1",
+                                     "final_eval_episodes=1", "checkpoint_every=800"]),
 ])
 def test_ctrl_c_then_resume_equals_uninterrupted(tmp_path, algo, env, steps, extra):
     """SIGINT mid-run saves a checkpoint and exits 130; --resume ends with exactly the

@@ -63,7 +63,7 @@ class ActorCritic(nn.Module):
         act_dim = int(action_space.n) if self.discrete else int(np.prod(action_space.shape))
         self.pi_torso = mlp(obs_dim, cfg.hidden, cfg.activation)
         self.v_torso = None if cfg.shared else mlp(obs_dim, cfg.hidden, cfg.activation)
-        width = cfg.hidden[-1]
+        width = self.feature_dim = cfg.hidden[-1]
         self.pi_head = nn.Linear(width, act_dim)
         self.v_head = nn.Linear(width, 1)
         self.log_std = None if self.discrete else nn.Parameter(torch.full((act_dim,), float(cfg.log_std_init)))
@@ -77,10 +77,14 @@ class ActorCritic(nn.Module):
             init_orthogonal(self.v_head, 1.0)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pi_out, hv = self.features(obs)
+        return pi_out, F.linear(hv, self.v_head.weight, self.v_head.bias).squeeze(-1)
+
+    def features(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(distribution parameters, the critic's torso output): what ACER's Q heads read."""
         h = _run(self._pi_plan, obs)
         hv = h if self._v_plan is None else _run(self._v_plan, obs)
-        pi, v = self.pi_head, self.v_head
-        return F.linear(h, pi.weight, pi.bias), F.linear(hv, v.weight, v.bias).squeeze(-1)
+        return F.linear(h, self.pi_head.weight, self.pi_head.bias), hv
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         h = _run(self._pi_plan if self._v_plan is None else self._v_plan, obs)

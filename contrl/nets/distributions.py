@@ -37,6 +37,14 @@ class Categorical:
     def kl(self, other: "Categorical") -> torch.Tensor:
         return (self.logits.exp() * (self.logits - other.logits)).sum(-1)
 
+    def params(self) -> torch.Tensor:
+        """The distribution as one tensor ``[..., A]`` (normalised log-probs), for replay."""
+        return self.logits
+
+    @staticmethod
+    def from_params(params: torch.Tensor) -> "Categorical":
+        return Categorical(params)
+
 
 class DiagGaussian:
     def __init__(self, mean: torch.Tensor, log_std: torch.Tensor):
@@ -61,4 +69,13 @@ class DiagGaussian:
         var_ratio = torch.exp(2 * (self.log_std - other.log_std))
         t = ((self.mean - other.mean) * torch.exp(-other.log_std)).pow(2)
         return 0.5 * (var_ratio + t - 1 - 2 * (self.log_std - other.log_std)).sum(-1)
+
+    def params(self) -> torch.Tensor:
+        """The distribution as one tensor ``[..., 2A]`` (mean, log-std), for replay."""
+        return torch.cat([self.mean, self.log_std], -1)
+
+    @staticmethod
+    def from_params(params: torch.Tensor) -> "DiagGaussian":
+        mean, log_std = params.chunk(2, -1)
+        return DiagGaussian(mean, log_std)
 

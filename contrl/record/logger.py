@@ -13,7 +13,9 @@ from typing import Optional
 
 PROGRESS_FIELDS = [
     "step", "wall_s", "episode_return", "episode_length", "episodes", "policy_loss", "value_loss",
-    "entropy", "approx_kl", "clip_fraction", "explained_variance", "lr", "steps_per_s",
+    "entropy", "approx_kl", "clip_fraction", "explained_variance",
+    "q_loss", "rho", "kl_avg", "trust_region_active", "replay_updates",  # acer
+    "lr", "steps_per_s",
     "eval_return", "eval_return_std",
 ]
 

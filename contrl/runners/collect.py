@@ -45,6 +45,8 @@ def collect(agent, venv: VecEnv, rollout: Rollout, generator: torch.Generator,
             dist = model.dist(pi_out)
             action = dist.sample(generator)
             logp = dist.log_prob(action)
+            if rollout.mu is not None:  # ACER's replay: the behaviour policy
+                rollout.mu[t] = dist.params()
         res = venv.step(agent.to_env(action))
         done = res.terminated | res.truncated
         rewards = scaler(res.rewards, done) if scaler is not None else res.rewards
@@ -54,6 +56,11 @@ def collect(agent, venv: VecEnv, rollout: Rollout, generator: torch.Generator,
         rollout.values[t] = value
         rewards_np[t] = rewards
         dones_np[t] = done
+        if rollout.mu is not None:  # ACER's replay: how and where episodes ended
+            rollout.terminated[t] = torch.from_numpy(res.terminated)
+            if done.any():
+                idx = np.flatnonzero(done)
+                rollout.final_obs[t, torch.from_numpy(idx)] = agent.preprocess(res.final_obs[idx])
         boot = res.truncated & ~res.terminated
         if boot.any():
             idx = np.flatnonzero(boot)
@@ -66,8 +73,11 @@ def collect(agent, venv: VecEnv, rollout: Rollout, generator: torch.Generator,
         if on_step is not None:
             on_step(t, res)
         obs, h = res.obs, h_next
+    obs_last = agent.preprocess(obs)
+    if rollout.obs_last is not None:
+        rollout.obs_last.copy_(obs_last)
     with torch.inference_mode():
-        last_values = model.value_step(agent.preprocess(obs), h)
+        last_values = model.value_step(obs_last, h)
     if state is not None and recurrent:
         state.copy_(h)
     return last_values

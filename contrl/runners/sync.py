@@ -26,6 +26,7 @@ import torch
 
 from contrl.agent import Agent, build_model
 from contrl.algos.a2c import A2C
+from contrl.algos.acer import ACER
 from contrl.algos.ppo import PPO
 from contrl.config import Config
 from contrl.envs.normalize import ObsNormalizer, RewardScaler
@@ -36,7 +37,7 @@ from contrl.record.logger import Logger, StatsWindow
 from contrl.runners.collect import collect
 from contrl.storage.rollout import Rollout
 
-RULES = {"ppo": PPO, "a2c": A2C}
+RULES = {"ppo": PPO, "a2c": A2C, "acer": ACER}
 
 
 class Interrupted(Exception):
@@ -103,11 +104,21 @@ class SyncRunner(Runner):
             model = build_model(cfg, venv.observation_space, venv.action_space)
             obs_norm = ObsNormalizer(venv.obs_dim, cfg.clip_obs) if cfg.norm_obs else None
             agent = Agent(cfg, model, venv.observation_space, venv.action_space, obs_norm)
-            rule = RULES[cfg.rule](model, algo_cfg)
             gen = torch.Generator().manual_seed(cfg.seed)
             scaler = RewardScaler(N, algo_cfg.gamma) if cfg.norm_reward else None
             act_shape = () if agent.discrete else tuple(venv.action_space.shape)
-            rollout = Rollout(T, N, venv.obs_dim, act_shape, model.state_size, cfg.seq_len)
+            mu_dim = 0
+            if getattr(RULES[cfg.rule], "stores_behaviour", False):  # ACER: replay needs mu
+                act_dim = venv.action_space.n if agent.discrete else int(np.prod(act_shape))
+                mu_dim = int(act_dim) * (1 if agent.discrete else 2)
+                rule = ACER(model, algo_cfg, N, venv.obs_dim, act_shape, mu_dim)
+                if rule.replay is not None:
+                    log_lines.append(f"replay buffer: {rule.replay.capacity:,} transitions "
+                                     f"({rule.replay.segments:,} segments of {T}x{N}), "
+                                     f"{rule.buffer_bytes / 2**20:.1f} MiB preallocated")
+            else:
+                rule = RULES[cfg.rule](model, algo_cfg)
+            rollout = Rollout(T, N, venv.obs_dim, act_shape, model.state_size, cfg.seq_len, mu_dim)
             rnn_state = model.initial_state(N)  # recurrent state carried across rollouts
 
             step, iteration, best, prev_wall, prev_cpu = 0, 0, -float("inf"), 0.0, 0.0
@@ -172,11 +183,15 @@ class SyncRunner(Runner):
                     lr = rule.set_progress(step / cfg.steps)
                     last_values = collect(agent, venv, rollout, gen, scaler, on_step, rnn_state)
                     step += per_iter
-                    rollout.finish(last_values, algo_cfg.gamma, algo_cfg.gae_lambda)
-                    stats = rule.update(rollout, gen)
+                    if mu_dim:  # ACER computes its own (Retrace) targets
+                        stats = rule.update(rollout, gen)
+                    else:
+                        rollout.finish(last_values, algo_cfg.gamma, algo_cfg.gae_lambda)
+                        stats = rule.update(rollout, gen)
+                        stats["explained_variance"] = explained_variance(rollout.values.flatten(),
+                                                                         rollout.returns.flatten())
                     iteration += 1
-                    ev_ratio = explained_variance(rollout.values.flatten(), rollout.returns.flatten())
-                    window.add({**stats, "explained_variance": ev_ratio}, per_iter)
+                    window.add(stats, per_iter)
                     crossed = lambda every: step // every > (step - per_iter) // every  # noqa: E731
                     if not (crossed(log_every) or crossed(eval_every) or crossed(ckpt_every)
                             or step >= cfg.steps or self._stop):
@@ -206,6 +221,10 @@ class SyncRunner(Runner):
         summary = {"run_dir": str(self.run_dir), "algo": cfg.algo, "env": cfg.env, "env_kwargs": cfg.env_kwargs,
                    "seed": cfg.seed, "env_seeds": [cfg.seed + i for i in range(N)], "steps": step,
                    "wall_s": wall, "cpu_s": cpu, "steps_per_s": step / max(wall, 1e-9), "best_eval": best}
+        if getattr(rule, "replay", None) is not None:
+            summary["replay_buffer"] = {"capacity_transitions": rule.replay.capacity,
+                                        "stored_transitions": rule.replay.transitions,
+                                        "bytes": rule.buffer_bytes}
         if cfg.final_eval_episodes > 0:
             ev = agent.evaluate(cfg.final_eval_episodes, seed=cfg.seed + 20_000)
             summary["final_eval"] = {k: ev[k] for k in ("mean", "std", "episodes", "deterministic", "seed")}

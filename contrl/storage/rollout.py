@@ -64,8 +64,15 @@ class Batch:
 class Rollout:
     """Experience of T steps from N envs, stored as ``[T, N, ...]`` float32 tensors."""
 
-    def __init__(self, T: int, N: int, obs_dim: int, act_shape: tuple, state_size: int = 0, seq_len: int = 0):
+    def __init__(self, T: int, N: int, obs_dim: int, act_shape: tuple, state_size: int = 0, seq_len: int = 0,
+                 mu_dim: int = 0):
         self.T, self.N = T, N
+        # mu_dim > 0 (ACER): also keep what replay needs -- the behaviour policy's parameters, the
+        # final observation of every episode that ended, terminated flags, the observation after T
+        self.mu = torch.zeros(T, N, mu_dim) if mu_dim else None
+        self.final_obs = torch.zeros(T, N, obs_dim) if mu_dim else None
+        self.terminated = torch.zeros(T, N, dtype=torch.bool) if mu_dim else None
+        self.obs_last = torch.zeros(N, obs_dim) if mu_dim else None
         self.seq_len = seq_len  # > 0: train on sequences of at most seq_len steps (recurrent nets)
         self.states = torch.zeros(T, N, state_size)  # recurrent state fed to each step
         self.obs = torch.zeros(T, N, obs_dim)

@@ -1,0 +1,238 @@
+"""ACER update rule (Wang et al. 2016, "Sample Efficient Actor-Critic with Experience Replay").
+
+Per collected segment: one on-policy update on it, then it goes into the replay memory and,
+once ``replay_start`` transitions are stored, Poisson(``replay_ratio``) off-policy updates on
+segments sampled from it. Each update (``learn``) reads top to bottom:
+
+1. One forward of the network over the segment's observations (plus the one after the
+   segment, and the final observations of truncated episodes): pi, Q and V.
+2. Importance weights rho = pi(a|s) / mu(a|s) against the stored behaviour policy mu.
+3. Retrace targets Q_ret, computed backwards with truncated weights c_t = min(1, rho_t)
+   (continuous: min(1, rho_t^(1/d))); a terminated step bootstraps nothing, a truncated one
+   V(final observation), the segment's end V(next observation).
+4. The policy gradient with truncated importance sampling min(c, rho) plus the bias
+   correction (discrete: the exact sum over actions; continuous: one action sampled from pi),
+   and the entropy bonus -- taken with respect to the distribution's parameters phi (logits;
+   mean and log-std), and then
+5. projected onto the trust region around the average policy network:
+   z = g - max(0, (k.g - delta) / |k|^2) k, k = grad_phi KL(pi_avg || pi), per sample;
+   backpropagated from phi into the network.
+6. The critic: (Q_ret - Q(s, a))^2; continuous also the SDN value target
+   V + min(1, rho)(Q_ret - Q~(s, a)).
+7. Gradient-norm clipping, the optimiser step, then the average network moves towards the
+   network: theta_avg = avg_decay * theta_avg + (1 - avg_decay) * theta.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Optional
+
+import torch
+from torch import nn
+
+from contrl.algos.optim import make_optimizer
+from contrl.config import ACERConfig
+from contrl.nets.distributions import Categorical, DiagGaussian
+from contrl.storage.replay import ReplayBuffer, Segment
+from contrl.storage.rollout import Rollout
+
+MAX_LOG_RATIO = 30.0  # exp(30) ~ 1e13: bounds rho without changing min(c, rho) for any sane c
+
+
+def retrace(rewards: torch.Tensor, q_a: torch.Tensor, values: torch.Tensor, c: torch.Tensor,
+            terminated: torch.Tensor, truncated: torch.Tensor, v_final: torch.Tensor, v_last: torch.Tensor,
+            gamma: float) -> torch.Tensor:
+    """Retrace targets over a ``[k, B]`` segment, backwards from ``v_last`` = V(s_k).
+
+    ``Q_ret_t = r_t + gamma * next_t`` where ``next_t`` is 0 if the episode terminated at t,
+    ``v_final_t`` = V(final observation) if it was truncated at t, and otherwise
+    ``c_{t+1} (Q_ret_{t+1} - Q(s_{t+1}, a_{t+1})) + V(s_{t+1})`` (``v_last`` after the last step).
+    """
+    out = torch.empty_like(rewards)
+    carry = v_last
+    for t in range(rewards.shape[0] - 1, -1, -1):
+        nxt = torch.where(terminated[t], torch.zeros_like(carry), torch.where(truncated[t], v_final[t], carry))
+        out[t] = rewards[t] + gamma * nxt
+        carry = c[t] * (out[t] - q_a[t]) + values[t]
+    return out
+
+
+def trust_region(g: torch.Tensor, k: torch.Tensor, delta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row projection of ``g`` onto the half-space ``k.z <= delta`` (Wang et al. eq. 12):
+    ``z = g - max(0, (k.g - delta) / |k|^2) k``. Returns (z, the scale applied per row)."""
+    scale = ((k * g).sum(-1) - delta).div((k * k).sum(-1).clamp_min(1e-12)).clamp_min(0.0)
+    return g - scale.unsqueeze(-1) * k, scale
+
+
+class ACER:
+    stores_behaviour = True  # the runner keeps mu, final observations and terminated flags
+
+    def __init__(self, model: nn.Module, cfg: ACERConfig, n_envs: int, obs_dim: int, act_shape: tuple,
+                 mu_dim: int):
+        self.model, self.cfg = model, cfg
+        self.params = list(model.parameters())
+        self.optimizer = make_optimizer(cfg.optimizer, self.params, cfg.lr, cfg.alpha, cfg.eps)
+        self.avg = None
+        if cfg.trust_region:
+            self.avg = copy.deepcopy(model)
+            for p in self.avg.parameters():
+                p.requires_grad_(False)
+        self.replay = None
+        if cfg.replay_ratio > 0:
+            self.replay = ReplayBuffer(cfg.buffer_size, cfg.n_steps, n_envs, obs_dim, act_shape, mu_dim)
+        self.n_envs = n_envs
+        self.q_opc = cfg.q_opc if cfg.q_opc is not None else not model.discrete
+
+    def set_progress(self, fraction_done: float) -> float:
+        """Linear learning-rate annealing; returns the lr in force."""
+        lr = self.cfg.lr * (1.0 - fraction_done) if self.cfg.anneal_lr else self.cfg.lr
+        self.optimizer.lr = lr
+        return lr
+
+    def update(self, rollout: Rollout, generator: torch.Generator) -> dict:
+        """The on-policy update on the new segment, then Poisson(replay_ratio) replayed ones."""
+        seg = Segment.from_rollout(rollout)
+        stats = [self.learn(seg, generator)]
+        n_replay = 0
+        if self.replay is not None:
+            self.replay.add(seg)
+            if self.replay.transitions >= self.cfg.replay_start:
+                rate = torch.tensor(float(self.cfg.replay_ratio), dtype=torch.float64)
+                n_replay = int(torch.poisson(rate, generator=generator))
+                for _ in range(n_replay):
+                    stats.append(self.learn(self.replay.sample(self.n_envs, generator), generator))
+        out = {key: sum(s[key] for s in stats) / len(stats) for key in stats[0]}
+        out["replay_updates"] = n_replay
+        return out
+
+    # -- one update on one [k, B] segment ------------------------------------------------------
+    def learn(self, seg: Segment, generator: torch.Generator) -> dict:
+        loss, stats = self.loss(seg, generator)
+        # 7. step, then the average network follows
+        for p in self.params:
+            p.grad = None
+        loss.backward()
+        if self.cfg.max_grad_norm > 0:
+            nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm, foreach=True)
+        self.optimizer.step()
+        if self.avg is not None:
+            with torch.no_grad():
+                avg_params = list(self.avg.parameters())
+                torch._foreach_mul_(avg_params, self.cfg.avg_decay)
+                torch._foreach_add_(avg_params, self.params, alpha=1.0 - self.cfg.avg_decay)
+        return stats
+
+    def loss(self, seg: Segment, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+        """Steps 1-6: a loss whose gradient is ACER's (the policy's part already projected)."""
+        cfg, model = self.cfg, self.model
+        k, B = seg.rewards.shape
+        n = k * B
+        # 1. one forward: the k steps, the observation after them, final obs of truncated episodes
+        trunc = seg.truncated.reshape(n)
+        obs = torch.cat([seg.obs.reshape((k + 1) * B, -1), seg.final_obs.reshape(n, -1)[trunc]])
+        pi_all, hv_all = model.features(obs)
+        with torch.no_grad():
+            v_all = model.v(pi_all, hv_all)
+        v_last = v_all[n:n + B]
+        v_final = torch.zeros(n)
+        v_final[trunc] = v_all[n + B:]
+        pi_out, hv = pi_all[:n], hv_all[:n]
+        actions = seg.actions.reshape((n,) + seg.actions.shape[2:])
+
+        # the policy as a function of its own parameters phi, so its gradient can be projected
+        phi = [pi_out.detach().requires_grad_()]
+        if not model.discrete:
+            phi.append(model.log_std.detach().expand_as(pi_out).clone().requires_grad_())
+        dist = Categorical(phi[0]) if model.discrete else DiagGaussian(*phi)
+        mu = (Categorical if model.discrete else DiagGaussian).from_params(seg.mu.reshape(n, -1))
+
+        # 2.-3. importance weights, critic values, Retrace targets
+        logp = dist.log_prob(actions)
+        log_rho = (logp.detach() - mu.log_prob(actions)).clamp(max=MAX_LOG_RATIO)
+        rho = log_rho.exp()
+        if model.discrete:
+            q = model.q_values(hv)
+            q_a = q.gather(1, actions.long().unsqueeze(1)).squeeze(1)
+            values = (dist.probs.detach() * q.detach()).sum(-1)
+            c_trace = rho.clamp(max=1.0)
+        else:
+            values_g = model.v(pi_out, hv)
+            values = values_g.detach()
+            std = phi[1].detach().exp()
+            mean = phi[0].detach()
+            u = mean + std * torch.randn((cfg.sdn_samples,) + mean.shape, generator=generator)
+            adv_u = model.advantage(hv, u).mean(0)
+            q_a = values_g + model.advantage(hv, actions) - adv_u  # Q~(s, a), the SDN
+            c_trace = (log_rho / mean.shape[-1]).exp().clamp(max=1.0)
+        view = lambda x: x.reshape(k, B)  # noqa: E731
+        with torch.no_grad():
+            q_ret = retrace(seg.rewards, view(q_a.detach()), view(values), view(c_trace),
+                            seg.terminated, seg.truncated, view(v_final), v_last, cfg.gamma).reshape(n)
+            q_pg = q_ret
+            if self.q_opc:  # Q_opc: Retrace with every c = 1, for the policy gradient
+                q_pg = retrace(seg.rewards, view(q_a.detach()), view(values), torch.ones(k, B),
+                               seg.terminated, seg.truncated, view(v_final), v_last, cfg.gamma).reshape(n)
+
+        # 4. truncated importance sampling + bias correction + entropy, per sample, w.r.t. phi
+        objective = rho.clamp(max=cfg.c) * (q_pg - values) * logp
+        if model.discrete:
+            rho_all = dist.probs.detach() / mu.probs.clamp_min(1e-30)
+            bc = (1.0 - cfg.c / rho_all).clamp_min(0.0) * dist.probs.detach() * (q.detach() - values.unsqueeze(1))
+            objective = objective + (bc * dist.logits).sum(-1)
+        else:
+            a_new = mean + std * torch.randn(mean.shape, generator=generator)
+            logp_new = dist.log_prob(a_new)
+            rho_new = (logp_new.detach() - mu.log_prob(a_new)).clamp(max=MAX_LOG_RATIO).exp()
+            with torch.no_grad():
+                q_new = values + model.advantage(hv, a_new) - adv_u
+            objective = objective + (1.0 - cfg.c / rho_new).clamp_min(0.0) * (q_new - values) * logp_new
+        entropy = dist.entropy()
+        objective = objective + cfg.ent_coef * entropy
+        grads = torch.autograd.grad(objective.sum(), phi, retain_graph=self.avg is not None)
+        g = torch.cat(grads, -1)
+
+        # 5. the trust region around the average policy
+        kl_mean, tr_active = 0.0, 0.0
+        if self.avg is not None:
+            with torch.no_grad():
+                avg_pi = self.avg.features(obs[:n])[0]
+                avg_dist = Categorical(avg_pi) if model.discrete else DiagGaussian(avg_pi, self.avg.log_std)
+            kl = avg_dist.kl(dist)
+            kgrad = torch.cat(torch.autograd.grad(kl.sum(), phi), -1)
+            g, scale = trust_region(g, kgrad, cfg.delta)
+            kl_mean, tr_active = kl.mean().item(), (scale > 0).float().mean().item()
+
+        # 6. critic losses; the policy's projected gradient enters through phi's network outputs
+        q_loss = (q_ret - q_a).pow(2).mean()
+        if not model.discrete:
+            v_target = values + rho.clamp(max=1.0) * (q_ret - q_a.detach())
+            q_loss = q_loss + (v_target - values_g).pow(2).mean()
+        g_mean, g_ls = (g / n).split([p.shape[-1] for p in phi], -1) if len(phi) == 2 else (g / n, None)
+        surrogate = -(g_mean.detach() * pi_out).sum()
+        if g_ls is not None:
+            surrogate = surrogate - (g_ls.detach() * model.log_std.expand_as(pi_out)).sum()
+        loss = surrogate + cfg.q_coef * q_loss
+        return loss, {"policy_loss": -objective.detach().mean().item(), "q_loss": q_loss.item(),
+                      "entropy": entropy.detach().mean().item(), "rho": rho.mean().item(),
+                      "kl_avg": kl_mean, "trust_region_active": tr_active}
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    @property
+    def buffer_bytes(self) -> int:
+        return self.replay.nbytes if self.replay is not None else 0
+
+    def state_dict(self) -> dict:
+        st = {"optimizer": self.optimizer.state_dict()}
+        if self.avg is not None:
+            st["avg"] = self.avg.state_dict()
+        if self.replay is not None:
+            st["replay"] = self.replay.state_dict()
+        return st
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.avg is not None:
+            self.avg.load_state_dict(state["avg"])
+        if self.replay is not None:
+            self.replay.load_state_dict(state["replay"])

@@ -1,0 +1,223 @@
+"""ACER's math by hand: Retrace targets, truncated importance weights and the bias correction,
+the on-policy limit, the trust-region projection, and the replay memory."""
+
+import gymnasium as gym
+import pytest
+import torch
+
+from contrl.algos.acer import ACER, retrace, trust_region
+from contrl.config import ACERConfig, NetConfig
+from contrl.nets.acer import ACERNet
+from contrl.nets.distributions import Categorical, DiagGaussian
+from contrl.storage.replay import ReplayBuffer, Segment
+
+
+def test_retrace_targets_by_hand_on_a_three_step_segment():
+    """Three columns of the same 3 steps: no episode end, a termination at t=1, a truncation at
+    t=1 (bootstrapping V(final obs) = 5)."""
+    g = 0.9
+    col = lambda x: torch.tensor(x, dtype=torch.float32).unsqueeze(1).repeat(1, 3)  # noqa: E731
+    r, q_a, v, c = col([1.0, 2.0, 3.0]), col([0.5, 1.0, 1.5]), col([0.4, 0.8, 1.2]), col([0.5, 1.0, 0.3])
+    term = torch.zeros(3, 3, dtype=torch.bool)
+    trunc = torch.zeros(3, 3, dtype=torch.bool)
+    term[1, 1] = True
+    trunc[1, 2] = True
+    v_final = torch.zeros(3, 3)
+    v_final[1, 2] = 5.0
+    out = retrace(r, q_a, v, c, term, trunc, v_final, torch.full((3,), 2.0), g)
+    # column 0: Q2 = 3 + .9 * 2 = 4.8; carry = .3 (4.8 - 1.5) + 1.2 = 2.19
+    #           Q1 = 2 + .9 * 2.19 = 3.971; carry = 1 (3.971 - 1) + .8 = 3.771; Q0 = 1 + .9 * 3.771
+    # column 1: terminated at t=1: Q1 = 2; carry = 1 (2 - 1) + .8 = 1.8; Q0 = 1 + .9 * 1.8
+    # column 2: truncated at t=1: Q1 = 2 + .9 * 5 = 6.5; carry = 6.3; Q0 = 1 + .9 * 6.3
+    expected = torch.tensor([[4.3939, 2.62, 6.67], [3.971, 2.0, 6.5], [4.8, 4.8, 4.8]])
+    assert torch.allclose(out, expected, atol=1e-5)
+
+
+def _cfg(**kw):
+    base = dict(trust_region=False, replay_ratio=0.0, q_coef=0.0, max_grad_norm=0.0, ent_coef=0.0)
+    return ACERConfig(**{**base, **kw})
+
+
+def _policy_grad(model, rule, seg):
+    """The gradient of ACER's loss on the policy's own parameters (torso and head)."""
+    model.zero_grad()
+    loss, _ = rule.loss(seg, torch.Generator().manual_seed(3))
+    loss.backward()
+    return [p.grad.clone() for p in list(model.body.pi_torso.parameters()) + list(model.body.pi_head.parameters())]
+
+
+def test_truncated_weight_and_bias_correction_by_hand():
+    """One step that terminates (so Q_ret = r): d loss / d logits must be
+    -[min(c, rho_a)(Q_ret - V)(e_a - f) + sum_b [1 - c/rho_b]_+ f_b (Q_b - V)(e_b - f)]."""
+    torch.manual_seed(1)
+    model = ACERNet(4, gym.spaces.Discrete(3), NetConfig(ortho_init=False))
+    c = 1.5
+    rule = ACER(model, _cfg(c=c), 1, 4, (), 3)
+    obs = torch.randn(2, 1, 4)
+    mu = torch.tensor([0.7, 0.2, 0.1])
+    seg = Segment(obs, torch.zeros(1, 1, 4), torch.tensor([[0.0]]), torch.tensor([[1.3]]),
+                  torch.tensor([[True]]), torch.tensor([[False]]), mu.log().view(1, 1, 3))
+    with torch.no_grad():
+        logits, hv = model.features(obs[0])
+        f = torch.softmax(logits, -1)[0]
+        q = model.q_values(hv)[0]
+    v = (f * q).sum()
+    rho = f / mu
+    assert rho[2] > c and rho[0] < 1  # both the truncation and the correction are exercised
+    e = torch.eye(3)
+    g = min(c, float(rho[0])) * (1.3 - v) * (e[0] - f)
+    for b in range(3):
+        g = g + max(0.0, 1 - c / float(rho[b])) * f[b] * (q[b] - v) * (e[b] - f)
+    model.zero_grad()
+    loss, stats = rule.loss(seg, torch.Generator())
+    loss.backward()
+    assert torch.allclose(model.body.pi_head.bias.grad, -g, atol=1e-6)  # d logits / d bias = I
+    assert stats["rho"] == pytest.approx(float(rho[0]), rel=1e-5)
+
+
+@pytest.mark.parametrize("discrete", [True, False])
+def test_on_policy_acer_gradient_is_the_actor_critic_gradient(discrete):
+    """mu = pi: every rho is 1, so min(c, rho) = 1 and the bias correction [1 - c/rho]_+ = 0; the
+    policy gradient is then A2C's, (Q_ret - V) grad log pi(a) + the entropy term, with Q_ret the
+    Retrace target (c_t = 1)."""
+    torch.manual_seed(0)
+    space = gym.spaces.Discrete(3) if discrete else gym.spaces.Box(-1, 1, (2,))
+    model = ACERNet(4, space, NetConfig())
+    k, B, ent = 5, 3, 0.01
+    rule = ACER(model, _cfg(ent_coef=ent), B, 4, () if discrete else (2,), 3 if discrete else 4)
+    gen = torch.Generator().manual_seed(0)
+    obs = torch.randn(k + 1, B, 4, generator=gen)
+    with torch.no_grad():
+        pi, hv = model.features(obs[:k].reshape(k * B, 4))
+        d = model.dist(pi)
+        actions = d.sample(gen)
+        mu = d.params().reshape(k, B, -1)
+    actions = actions.reshape((k, B) + actions.shape[1:]).float()
+    term = torch.zeros(k, B, dtype=torch.bool)
+    term[2, 0] = True
+    trunc = torch.zeros(k, B, dtype=torch.bool)
+    trunc[3, 1] = True
+    final = torch.randn(k, B, 4, generator=gen)
+    seg = Segment(obs, final, actions, torch.randn(k, B, generator=gen), term, trunc, mu)
+    got = _policy_grad(model, rule, seg)
+
+    # the same targets, computed here from the critic's outputs (continuous: the SDN with the
+    # same sampled actions u_i, drawn first from the same generator)
+    gen = torch.Generator().manual_seed(3)
+    n = k * B
+    pi, hv = model.features(obs[:k].reshape(n, 4))
+    flat_a = actions.reshape((n,) + actions.shape[2:])
+    with torch.no_grad():
+        _, hv_last = model.features(obs[k])
+        pi_last = model.features(obs[k])[0]
+        v_last = model.v(pi_last, hv_last)
+        pf, hf = model.features(final.reshape(n, 4))
+        v_final = model.v(pf, hf).reshape(k, B) * trunc
+        if discrete:
+            q_a = model.q_values(hv).gather(1, flat_a.long().unsqueeze(1)).squeeze(1)
+        else:
+            mean, std = pi, model.log_std.exp()
+            u = mean + std * torch.randn((rule.cfg.sdn_samples,) + mean.shape, generator=gen)
+            q_a = model.v(pi, hv) + model.advantage(hv, flat_a) - model.advantage(hv, u).mean(0)
+        values = model.v(pi, hv)
+        q_ret = retrace(seg.rewards, q_a.reshape(k, B), values.reshape(k, B), torch.ones(k, B), term, trunc,
+                        v_final, v_last, rule.cfg.gamma).reshape(n)
+    dist = model.dist(pi)
+    objective = (q_ret - values) * dist.log_prob(flat_a) + ent * dist.entropy()
+    model.zero_grad()
+    (-objective.mean()).backward()
+    want = [p.grad.clone() for p in list(model.body.pi_torso.parameters()) + list(model.body.pi_head.parameters())]
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert any(x.abs().sum() > 0 for x in got)
+
+
+def test_trust_region_projection_meets_its_linearised_kl_bound():
+    gen = torch.Generator().manual_seed(0)
+    g = torch.randn(200, 6, generator=gen)
+    k = torch.randn(200, 6, generator=gen)
+    delta = 0.5
+    z, scale = trust_region(g, k, delta)
+    inside = (k * g).sum(-1) <= delta
+    assert inside.any() and (~inside).any()
+    assert torch.equal(z[inside], g[inside])  # already within the bound: unchanged
+    assert torch.allclose((k * z).sum(-1)[~inside], torch.full(((~inside).sum(),), delta), atol=1e-5)
+    assert ((k * z).sum(-1) <= delta + 1e-5).all()
+    assert (scale[inside] == 0).all()
+
+
+def test_trust_region_in_the_update_meets_the_bound_per_sample():
+    """One continuous step (so the gradient on the policy head's bias and on log-std is -z):
+    the unconstrained gradient g breaks k.g <= delta, the update's z meets k.z = delta, with
+    k = grad_phi KL(pi_avg || pi) over phi = (mean, log-std)."""
+    torch.manual_seed(0)
+    model = ACERNet(4, gym.spaces.Box(-1, 1, (2,)), NetConfig())
+    gen = torch.Generator().manual_seed(0)
+    obs = torch.randn(2, 1, 4, generator=gen)
+    with torch.no_grad():
+        pi, _ = model.features(obs[0])
+        mu = model.dist(pi).params().view(1, 1, 4) + 0.3  # off-policy: rho != 1
+    seg = Segment(obs, torch.zeros(1, 1, 4), torch.tensor([[[0.4, -0.2]]]), torch.tensor([[2.0]]),
+                  torch.tensor([[True]]), torch.tensor([[False]]), mu)
+
+    def z_of(rule):
+        model.zero_grad()
+        loss, _ = rule.loss(seg, torch.Generator().manual_seed(5))
+        loss.backward()
+        return -torch.cat([model.body.pi_head.bias.grad, model.log_std.grad])
+
+    delta = 0.01
+    rules = {}
+    for d in (delta, 1e9):
+        rules[d] = ACER(model, _cfg(trust_region=True, delta=d, ent_coef=0.01), 1, 4, (2,), 4)
+        with torch.no_grad():  # move the average policy away so KL(avg || pi) has a gradient
+            rules[d].avg.body.pi_head.bias.add_(torch.tensor([0.5, -0.3]))
+            rules[d].avg.body.log_std.add_(0.2)
+    g, z = z_of(rules[1e9]), z_of(rules[delta])
+    avg = rules[delta].avg
+    with torch.no_grad():
+        avg_dist = DiagGaussian(avg.features(obs[0])[0], avg.log_std)
+    phi = [pi.clone().requires_grad_(), model.log_std.detach().view(1, 2).clone().requires_grad_()]
+    kgrad = torch.cat([x.view(-1) for x in torch.autograd.grad(avg_dist.kl(DiagGaussian(*phi)).sum(), phi)])
+    assert float(kgrad @ g) > delta  # the constraint binds ...
+    assert float(kgrad @ z) == pytest.approx(delta, abs=1e-4)  # ... and the update meets it
+    assert not torch.allclose(z, g)
+
+
+def test_replay_buffer_is_preallocated_bounded_and_samples_stored_columns():
+    k, N, D = 5, 3, 4
+    buf = ReplayBuffer(capacity=100, k=k, n_envs=N, obs_dim=D, act_shape=(2,), mu_dim=4)
+    assert buf.segments == 6 and buf.capacity == 90  # rounded down to whole segments
+    per_step = 4 * (D + D + 2 + 1 + 4) + 2  # obs, final obs, action, reward, mu (float32) + 2 flags
+    assert buf.nbytes == buf.segments * (k * N * per_step + N * D * 4)
+    ptrs = [getattr(buf, f).data_ptr() for f in ("obs", "final_obs", "actions", "mu")]
+    gen = torch.Generator().manual_seed(0)
+    segs = []
+    for i in range(20):  # more than three times the capacity
+        s = Segment(torch.randn(k + 1, N, D), torch.randn(k, N, D), torch.randn(k, N, 2), torch.randn(k, N),
+                    torch.rand(k, N) < 0.1, torch.rand(k, N) < 0.1, torch.randn(k, N, 4))
+        buf.add(s)
+        segs.append(s)
+    assert buf.count == 6 and buf.transitions == 90
+    assert [getattr(buf, f).data_ptr() for f in ("obs", "final_obs", "actions", "mu")] == ptrs  # no regrowth
+    held = segs[-6:]
+    batch = buf.sample(64, gen)
+    assert batch.obs.shape == (k + 1, 64, D) and batch.actions.shape == (k, 64, 2) and batch.mu.shape == (k, 64, 4)
+    for j in range(64):  # every sampled column is one env's column of a held segment
+        assert any(torch.equal(batch.obs[:, j], s.obs[:, e]) and torch.equal(batch.rewards[:, j], s.rewards[:, e])
+                   and torch.equal(batch.terminated[:, j], s.terminated[:, e])
+                   for s in held for e in range(N))
+    st = buf.state_dict()
+    other = ReplayBuffer(100, k, N, D, (2,), 4)
+    other.load_state_dict(st)
+    assert other.count == buf.count and other.next == buf.next and torch.equal(other.obs, buf.obs)
+
+
+def test_behaviour_policy_parameters_round_trip():
+    logits = torch.randn(5, 3)
+    c = Categorical(logits)
+    assert torch.allclose(Categorical.from_params(c.params()).logits, c.logits)
+    g = DiagGaussian(torch.randn(5, 2), torch.randn(2))
+    g2 = DiagGaussian.from_params(g.params())
+    a = torch.randn(5, 2)
+    assert torch.allclose(g2.log_prob(a), g.log_prob(a))
