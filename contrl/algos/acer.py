@@ -26,7 +26,6 @@ segments sampled from it. Each update (``learn``) reads top to bottom:
 from __future__ import annotations
 
 import copy
-from typing import Optional
 
 import torch
 from torch import nn
