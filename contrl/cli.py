@@ -34,6 +34,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     overrides = parse_assignments(a.set, "--set")
     if a.workers is not None:
         overrides = {"workers": a.workers, **overrides}
+    if a.runner is not None:
+        overrides = {"runner": a.runner, **overrides}
     if a.buffer_size is not None:
         if (a.algo or "") != "acer":
             raise ContrlError("--buffer-size applies to acer (the replay memory); drop it for other algorithms")
@@ -54,8 +56,9 @@ def cmd_train(a: argparse.Namespace) -> int:
     print(f"best periodic evaluation: {s['best_eval']:.2f}")
     if "replay_buffer" in s:
         rb = s["replay_buffer"]
-        print(f"replay buffer: {rb['stored_transitions']:,} of {rb['capacity_transitions']:,} transitions, "
-              f"{rb['bytes'] / 2**20:.1f} MiB")
+        held = f"{rb['stored_transitions']:,} of " if "stored_transitions" in rb else ""
+        print(f"replay buffer: {held}{rb['capacity_transitions']:,} transitions, {rb['bytes'] / 2**20:.1f} MiB"
+              + (f" ({rb['per_worker_transitions']:,} per worker)" if "per_worker_transitions" in rb else ""))
     print(f"compute: {s['steps']:,} steps in {s['wall_s']:.1f} wall-s, {s['cpu_s']:.1f} CPU-s "
           f"({s['steps_per_s']:,.0f} steps/s)")
     return 0
@@ -114,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=float, help="total environment steps (1e6 or 1000000)")
     t.add_argument("--seed", type=int)
     t.add_argument("--workers", type=int, help="a3c: worker processes (default 2)")
+    t.add_argument("--runner", choices=["sync", "async"],
+                   help="acer: sync (N envs in lock-step, one learner; default) or async (Hogwild --workers)")
     t.add_argument("--buffer-size", type=float, metavar="N",
                    help="acer: replay capacity in transitions (default 50000; the summary reports its memory)")
     t.add_argument("--net", choices=["mlp", "lstm"],

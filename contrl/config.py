@@ -26,7 +26,7 @@ ALGOS = ("ppo", "a2c", "a3c", "acer")
 # the update rule (and config section) behind each algorithm name: A3C is A2C's rule on the
 # asynchronous runner, not a second copy of it
 RULE_OF = {"ppo": "ppo", "a2c": "a2c", "a3c": "a2c", "acer": "acer"}
-RUNNER_OF = {"ppo": "sync", "a2c": "sync", "a3c": "async", "acer": "sync"}
+RUNNER_OF = {"ppo": "sync", "a2c": "sync", "a3c": "async", "acer": "sync"}  # the default runner
 # run-level defaults that differ by algorithm (applied before the preset)
 ALGO_DEFAULTS = {"a3c": {"n_envs": 1}}
 
@@ -133,6 +133,7 @@ class Config:
     """One training run."""
 
     algo: str = "ppo"
+    runner: str = ""  # sync | async (--runner); empty: the algorithm's own (a3c async, the others sync)
     env: str = "LunarLander-v3"  # Gymnasium id, or package.module:ClassName
     env_kwargs: dict = field(default_factory=dict)  # passed to gymnasium.make
     steps: int = 1_000_000  # total environment steps (all envs)
@@ -160,9 +161,9 @@ class Config:
     def rule(self) -> str:
         return RULE_OF[self.algo]
 
-    @property
-    def runner(self) -> str:
-        return RUNNER_OF[self.algo]
+    def __post_init__(self):
+        if not self.runner:
+            self.runner = RUNNER_OF.get(self.algo, "sync")
 
     def algo_config(self):
         return getattr(self, self.rule)
@@ -314,12 +315,15 @@ def apply(cfg: Config, values: dict, source: str) -> None:
 
 
 ASYNC_KEYS = ("workers", "max_restarts")
+# the runners each algorithm runs on (a2c on the asynchronous runner is a3c)
+RUNNERS = {"ppo": ("sync",), "a2c": ("sync",), "a3c": ("async",), "acer": ("sync", "async")}
+ASYNC_ALGOS = tuple(a for a, r in RUNNERS.items() if "async" in r)
 
 
 def _set(cfg: Config, key: str, value: Any) -> None:
     sec, name = resolve_key(key, cfg.algo)
-    if sec is None and name in ASYNC_KEYS and RUNNER_OF.get(cfg.algo) != "async":
-        raise ContrlError(f"'{name}' applies to the asynchronous runner (a3c); {cfg.algo} steps n_envs envs in "
+    if sec is None and name in ASYNC_KEYS and cfg.algo not in ASYNC_ALGOS:
+        raise ContrlError(f"'{name}' applies to the asynchronous runner (a3c, acer --runner async); {cfg.algo} steps n_envs envs in "
                           f"lock-step (use --set n_envs=N)")
     target = getattr(cfg, sec) if sec else cfg
     hint = _hints(type(target))[name]
@@ -534,6 +538,15 @@ def validate(cfg: Config) -> None:
         _need(p.optimizer in ("rmsprop", "adam"), f"optimizer must be rmsprop or adam, got '{p.optimizer}'")
         _need(0 <= p.alpha < 1, f"alpha (RMSprop decay) must be in [0, 1), got {p.alpha}")
         _need(p.eps > 0, f"eps must be > 0, got {p.eps}")
+    allowed = RUNNERS[cfg.algo]
+    if cfg.runner not in allowed:
+        hint = " (a2c on asynchronous workers is a3c: contrl train a3c)" if cfg.algo == "a2c" else ""
+        raise ContrlError(f"{cfg.algo} runs on the {' or '.join(allowed)} runner, got runner '{cfg.runner}'{hint}")
+    if cfg.runner != "async":
+        default = Config(algo=cfg.algo)
+        changed = [k for k in ASYNC_KEYS if getattr(cfg, k) != getattr(default, k)]
+        _need(not changed, f"'{changed[0] if changed else ''}' applies to the asynchronous runner; add --runner async "
+                           f"or drop it")
     if cfg.runner == "async":
         _need(cfg.workers >= 1, f"workers must be >= 1, got {cfg.workers}; use e.g. --workers 2")
         _need(cfg.max_restarts >= 0, f"max_restarts must be >= 0, got {cfg.max_restarts}")

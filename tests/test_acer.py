@@ -190,6 +190,7 @@ def test_replay_buffer_is_preallocated_bounded_and_samples_stored_columns():
     assert buf.segments == 6 and buf.capacity == 90  # rounded down to whole segments
     per_step = 4 * (D + D + 2 + 1 + 4) + 2  # obs, final obs, action, reward, mu (float32) + 2 flags
     assert buf.nbytes == buf.segments * (k * N * per_step + N * D * 4)
+    assert ReplayBuffer.size(100, k, N, D, (2,), 4) == (buf.capacity, buf.nbytes)
     ptrs = [getattr(buf, f).data_ptr() for f in ("obs", "final_obs", "actions", "mu")]
     gen = torch.Generator().manual_seed(0)
     segs = []

@@ -130,3 +130,23 @@ def test_worker_failing_past_its_retries_stops_with_one_line(run_cli):
     p = run_cli("train", "a3c", "--env", "tests.envs:FailingEnv", "--steps", "100000", "--workers", "1",
                 "--set", "max_restarts=1", "--out", "run", "--no-tensorboard", "--quiet")
     one_line_error(p, "worker 0 failed 2 times", "RuntimeError: simulator exploded", "no checkpoint was saved yet")
+
+
+@pytest.mark.parametrize("env,extra", [
+    ("CartPole-v1", {"replay_start": 200, "buffer_size": 1000}),
+    ("Pendulum-v1", {"replay_start": 200, "buffer_size": 1000, "optimizer": "adam"}),
+])
+def test_async_acer_with_one_worker_computes_exactly_what_sync_acer_computes(tmp_path, env, extra):
+    """The same for ACER on both runners: one worker with its own replay memory, the shared
+    model, optimiser statistics and average network ends with the synchronous run's parameters
+    (and the same average network) bit for bit -- replayed updates, trust region and, for
+    Pendulum, the SDN's sampled actions included."""
+    ov = {"n_envs": 2, "n_steps": 10, "eval_episodes": 1, "final_eval_episodes": 0, **extra}
+    kw = dict(steps=3000, seed=3, quiet=True, tensorboard=False)
+    a = train("acer", env, out=tmp_path / "sync", overrides=ov, **kw)
+    b = train("acer", env, out=tmp_path / "async", overrides={**ov, "runner": "async", "workers": 1}, **kw)
+    assert a.summary["steps"] == b.summary["steps"] == 3000
+    assert torch.equal(flat_params(a.model), flat_params(b.model))
+    avg = [torch.load(tmp_path / run / "checkpoints" / "latest.pt", weights_only=True)["train_state"]["rule"]["avg"]
+           for run in ("sync", "async")]
+    assert all(torch.equal(avg[0][k], avg[1][k]) for k in avg[0])

@@ -26,6 +26,7 @@ segments sampled from it. Each update (``learn``) reads top to bottom:
 from __future__ import annotations
 
 import copy
+from typing import Iterable, Optional
 
 import torch
 from torch import nn
@@ -68,17 +69,22 @@ class ACER:
     stores_behaviour = True  # the runner keeps mu, final observations and terminated flags
 
     def __init__(self, model: nn.Module, cfg: ACERConfig, n_envs: int, obs_dim: int, act_shape: tuple,
-                 mu_dim: int):
+                 mu_dim: int, replay: bool = True, apply_to: Optional[Iterable[torch.Tensor]] = None,
+                 shared_state: Optional[dict] = None, avg: Optional[nn.Module] = None):
+        """``replay=False``: no memory (async ACER's coordinator). Async ACER's workers pass
+        ``apply_to`` (the global parameters their gradients step), ``shared_state`` (the shared
+        optimiser's statistics) and ``avg`` (the shared average network)."""
         self.model, self.cfg = model, cfg
         self.params = list(model.parameters())
-        self.optimizer = make_optimizer(cfg.optimizer, self.params, cfg.lr, cfg.alpha, cfg.eps)
-        self.avg = None
-        if cfg.trust_region:
+        self.targets = list(apply_to) if apply_to is not None else self.params
+        self.optimizer = make_optimizer(cfg.optimizer, self.targets, cfg.lr, cfg.alpha, cfg.eps, state=shared_state)
+        self.avg = avg
+        if cfg.trust_region and avg is None:
             self.avg = copy.deepcopy(model)
             for p in self.avg.parameters():
                 p.requires_grad_(False)
         self.replay = None
-        if cfg.replay_ratio > 0:
+        if cfg.replay_ratio > 0 and replay:
             self.replay = ReplayBuffer(cfg.buffer_size, cfg.n_steps, n_envs, obs_dim, act_shape, mu_dim)
         self.n_envs = n_envs
         self.q_opc = cfg.q_opc if cfg.q_opc is not None else not model.discrete
@@ -107,6 +113,9 @@ class ACER:
 
     # -- one update on one [k, B] segment ------------------------------------------------------
     def learn(self, seg: Segment, generator: torch.Generator) -> dict:
+        if self.targets is not self.params:  # async: every update starts from the global weights
+            with torch.no_grad():
+                torch._foreach_copy_(self.params, self.targets)
         loss, stats = self.loss(seg, generator)
         # 7. step, then the average network follows
         for p in self.params:
@@ -114,12 +123,15 @@ class ACER:
         loss.backward()
         if self.cfg.max_grad_norm > 0:
             nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm, foreach=True)
+        if self.targets is not self.params:  # async: the local gradients step the global model
+            for target, p in zip(self.targets, self.params):
+                target.grad = p.grad
         self.optimizer.step()
         if self.avg is not None:
             with torch.no_grad():
                 avg_params = list(self.avg.parameters())
                 torch._foreach_mul_(avg_params, self.cfg.avg_decay)
-                torch._foreach_add_(avg_params, self.params, alpha=1.0 - self.cfg.avg_decay)
+                torch._foreach_add_(avg_params, self.targets, alpha=1.0 - self.cfg.avg_decay)
         return stats
 
     def loss(self, seg: Segment, generator: torch.Generator) -> tuple[torch.Tensor, dict]:

@@ -29,6 +29,7 @@ import threading
 import time
 from collections import deque
 
+import gymnasium as gym
 import numpy as np
 import torch
 import torch.multiprocessing as mp
@@ -36,6 +37,7 @@ from multiprocessing import connection as mp_connection
 
 from contrl.agent import Agent, build_model
 from contrl.algos.a2c import A2C
+from contrl.algos.acer import ACER
 from contrl.config import config_from_dict
 from contrl.envs.make import make_env
 from contrl.envs.normalize import ObsNormalizer, RewardScaler, RunningMeanStd
@@ -45,6 +47,7 @@ from contrl.record.checkpoint import load_checkpoint, save_checkpoint
 from contrl.record.logger import Logger, StatsWindow
 from contrl.runners.collect import collect
 from contrl.runners.sync import Interrupted, Runner, _cpu_seconds, explained_variance
+from contrl.storage.replay import ReplayBuffer, behaviour_dim
 from contrl.storage.rollout import Rollout
 
 RULES = {"a2c": A2C}
@@ -102,7 +105,7 @@ class WorkerObsNormalizer(ObsNormalizer):
 
 # -- the worker process -------------------------------------------------------------------------
 def _worker(idx: int, launch: dict, cfg_json: str, global_model, opt_state: dict, counters: torch.Tensor,
-            base_step: int, stop, conn, obs_table, threads: int, parent_pid: int) -> None:
+            base_step: int, stop, conn, obs_table, threads: int, parent_pid: int, avg_model=None) -> None:
     # Ctrl-C reaches the whole process group; the coordinator handles it and stops the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
@@ -116,12 +119,18 @@ def _worker(idx: int, launch: dict, cfg_json: str, global_model, opt_state: dict
         obs_norm = (WorkerObsNormalizer(obs_table, idx + 1, venv.obs_dim, cfg.clip_obs)
                     if obs_table is not None else None)
         agent = Agent(cfg, model, venv.observation_space, venv.action_space, obs_norm)
-        rule = RULES[cfg.rule](model, rule_cfg, apply_to=shared, shared_state=opt_state)
         gen = torch.Generator().manual_seed(launch["torch_seed"])
         n = venv.n
         scaler = RewardScaler(n, rule_cfg.gamma) if cfg.norm_reward else None
         act_shape = () if agent.discrete else tuple(venv.action_space.shape)
-        rollout = Rollout(rule_cfg.n_steps, n, venv.obs_dim, act_shape, model.state_size, cfg.seq_len)
+        mu_dim = 0
+        if cfg.rule == "acer":  # each worker has its own replay memory, as in the paper
+            mu_dim = behaviour_dim(venv.action_space)
+            rule = ACER(model, rule_cfg, n, venv.obs_dim, act_shape, mu_dim, apply_to=shared,
+                        shared_state=opt_state, avg=avg_model)
+        else:
+            rule = RULES[cfg.rule](model, rule_cfg, apply_to=shared, shared_state=opt_state)
+        rollout = Rollout(rule_cfg.n_steps, n, venv.obs_dim, act_shape, model.state_size, cfg.seq_len, mu_dim)
         rnn_state = model.initial_state(n)  # carried across segments (truncated BPTT at their ends)
         seg = rule_cfg.n_steps * n
         episodes: list = []
@@ -149,11 +158,15 @@ def _worker(idx: int, launch: dict, cfg_json: str, global_model, opt_state: dict
                 obs_norm.sync()
             rule.set_progress(global_step / cfg.steps)
             last_values = collect(agent, venv, rollout, gen, scaler, on_step, rnn_state)
-            rollout.finish(last_values, rule_cfg.gamma, rule_cfg.gae_lambda)
-            stats = rule.update(rollout, gen)
+            if mu_dim:  # ACER computes its own (Retrace) targets
+                stats = rule.update(rollout, gen)
+            else:
+                rollout.finish(last_values, rule_cfg.gamma, rule_cfg.gae_lambda)
+                stats = rule.update(rollout, gen)
+                stats["explained_variance"] = explained_variance(rollout.values.flatten(),
+                                                                 rollout.returns.flatten())
             counters[idx, 0] += seg
-            counters[idx, 1] += 1
-            stats["explained_variance"] = explained_variance(rollout.values.flatten(), rollout.returns.flatten())
+            counters[idx, 1] += 1 + stats.get("replay_updates", 0)
             window.add(stats, seg)
             if time.monotonic() - last_send > SEND_EVERY_S:
                 send()
@@ -184,7 +197,13 @@ class AsyncRunner(Runner):
         obs_dim = int(np.prod(obs_space.shape))
 
         model = build_model(cfg, obs_space, act_space).share_memory()
-        rule = RULES[cfg.rule](model, rule_cfg)
+        act_shape = () if isinstance(act_space, gym.spaces.Discrete) else tuple(act_space.shape)
+        if cfg.rule == "acer":  # the coordinator holds no replay memory: each worker has its own
+            rule = ACER(model, rule_cfg, cfg.n_envs, obs_dim, act_shape, behaviour_dim(act_space), replay=False)
+            if rule.avg is not None:
+                rule.avg.share_memory()  # the average policy network is shared, like the model
+        else:
+            rule = RULES[cfg.rule](model, rule_cfg)
         rule.optimizer.share_memory()
         obs_norm = ObsNormalizer(obs_dim, cfg.clip_obs) if cfg.norm_obs else None
         obs_table = torch.zeros(W + 1, 2 * obs_dim + 1, dtype=torch.float64).share_memory_() if cfg.norm_obs else None
@@ -222,7 +241,15 @@ class AsyncRunner(Runner):
         log_every = cfg.log_every or 0  # 0: a row about every second, once the workers have reported
         logger = Logger(self.run_dir, cfg.steps, self.tensorboard, self.quiet,
                         resume_step=base if self.resume else None)
-        logger.message(f"a3c: {W} workers x {cfg.n_envs} env(s), {threads} torch thread(s) each")
+        logger.message(f"{cfg.algo}: {W} workers x {cfg.n_envs} env(s), {threads} torch thread(s) each")
+        replay_info = None
+        if cfg.rule == "acer" and rule_cfg.replay_ratio > 0:
+            held, nbytes = ReplayBuffer.size(rule_cfg.buffer_size, rule_cfg.n_steps, cfg.n_envs, obs_dim, act_shape,
+                                             behaviour_dim(act_space))
+            replay_info = {"per_worker_transitions": held, "capacity_transitions": held * W,
+                           "bytes": nbytes * W}
+            logger.message(f"replay buffer: {held:,} transitions per worker, {W * nbytes / 2**20:.1f} MiB "
+                           f"preallocated in all")
 
         ctx = mp.get_context("spawn")
         stop = ctx.Event()
@@ -248,7 +275,7 @@ class AsyncRunner(Runner):
             receiver, sender = ctx.Pipe(duplex=False)
             p = ctx.Process(target=_worker, daemon=True, args=(
                 i, info, cfg_json, model, rule.optimizer.state, counters, base, stop, sender,
-                obs_table, threads, os.getpid()))
+                obs_table, threads, os.getpid(), getattr(rule, "avg", None)))
             # children start with SIGINT blocked, so a Ctrl-C during their start-up cannot hit them
             old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
             try:
@@ -415,6 +442,8 @@ class AsyncRunner(Runner):
                    "seed": cfg.seed, "workers": W, "worker_launches": launches, "worker_restarts": restarts,
                    "updates": int(counters[:, 1].sum()), "steps": step, "wall_s": wall_s, "cpu_s": cpu,
                    "steps_per_s": (step - base) / max(wall_s - prev_wall, 1e-9), "best_eval": best}
+        if replay_info is not None:
+            summary["replay_buffer"] = replay_info
         if cfg.final_eval_episodes > 0:
             ev = agent.evaluate(cfg.final_eval_episodes, seed=cfg.seed + 20_000)
             summary["final_eval"] = {k: ev[k] for k in ("mean", "std", "episodes", "deterministic", "seed")}

@@ -35,6 +35,7 @@ from contrl.errors import ContrlError
 from contrl.record.checkpoint import load_checkpoint, save_checkpoint
 from contrl.record.logger import Logger, StatsWindow
 from contrl.runners.collect import collect
+from contrl.storage.replay import behaviour_dim
 from contrl.storage.rollout import Rollout
 
 RULES = {"ppo": PPO, "a2c": A2C, "acer": ACER}
@@ -109,8 +110,7 @@ class SyncRunner(Runner):
             act_shape = () if agent.discrete else tuple(venv.action_space.shape)
             mu_dim = 0
             if getattr(RULES[cfg.rule], "stores_behaviour", False):  # ACER: replay needs mu
-                act_dim = venv.action_space.n if agent.discrete else int(np.prod(act_shape))
-                mu_dim = int(act_dim) * (1 if agent.discrete else 2)
+                mu_dim = behaviour_dim(venv.action_space)
                 rule = ACER(model, algo_cfg, N, venv.obs_dim, act_shape, mu_dim)
                 if rule.replay is not None:
                     log_lines.append(f"replay buffer: {rule.replay.capacity:,} transitions "

@@ -14,6 +14,7 @@ Sampling draws ``B`` (segment, env) columns uniformly with replacement and retur
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -43,7 +44,21 @@ class Segment:
                        r.terminated, dones & ~r.terminated, r.mu)
 
 
+def behaviour_dim(action_space) -> int:
+    """Width of the stored behaviour policy: A log-probs (Discrete), or mean and log-std (Box)."""
+    if hasattr(action_space, "n"):
+        return int(action_space.n)
+    return 2 * int(math.prod(action_space.shape))
+
+
 class ReplayBuffer:
+    @staticmethod
+    def size(capacity: int, k: int, n_envs: int, obs_dim: int, act_shape: tuple, mu_dim: int) -> tuple[int, int]:
+        """(transitions held, bytes) of a buffer with these arguments, without allocating it."""
+        segments = max(1, capacity // (k * n_envs))
+        per_step = 4 * (2 * obs_dim + math.prod(act_shape) + 1 + mu_dim) + 2  # floats + 2 bool flags
+        return segments * k * n_envs, segments * (k * n_envs * per_step + n_envs * obs_dim * 4)
+
     def __init__(self, capacity: int, k: int, n_envs: int, obs_dim: int, act_shape: tuple, mu_dim: int):
         self.k, self.n_envs = k, n_envs
         self.segments = max(1, capacity // (k * n_envs))
