@@ -503,7 +503,8 @@ def validate(cfg: Config) -> None:
         _need(p.vf_coef >= 0, f"vf_coef must be >= 0, got {p.vf_coef}")
     rollout = p.n_steps * cfg.n_envs
     if cfg.rule == "acer":
-        _need(n.type == "mlp", "acer with --net lstm is not available yet; use --net mlp (the default)")
+        _need(n.seq_len == 0, f"net.seq_len applies to ppo and a2c; acer replays whole segments of n_steps "
+                              f"(use --set n_steps={n.seq_len})")
         _need(p.q_coef >= 0, f"q_coef must be >= 0, got {p.q_coef}")
         _need(p.c > 0, f"c (importance-weight truncation) must be > 0, got {p.c}; use e.g. --set c=10")
         _need(p.replay_ratio >= 0, f"replay_ratio must be >= 0 (0: on-policy only), got {p.replay_ratio}")

@@ -191,6 +191,8 @@ def test_replay_buffer_is_preallocated_bounded_and_samples_stored_columns():
     per_step = 4 * (D + D + 2 + 1 + 4) + 2  # obs, final obs, action, reward, mu (float32) + 2 flags
     assert buf.nbytes == buf.segments * (k * N * per_step + N * D * 4)
     assert ReplayBuffer.size(100, k, N, D, (2,), 4) == (buf.capacity, buf.nbytes)
+    lstm = ReplayBuffer(100, k, N, D, (2,), 4, state_size=8)  # + one initial state per column
+    assert lstm.nbytes == buf.nbytes + buf.segments * N * 8 * 4 == ReplayBuffer.size(100, k, N, D, (2,), 4, 8)[1]
     ptrs = [getattr(buf, f).data_ptr() for f in ("obs", "final_obs", "actions", "mu")]
     gen = torch.Generator().manual_seed(0)
     segs = []
@@ -222,3 +224,55 @@ def test_behaviour_policy_parameters_round_trip():
     g2 = DiagGaussian.from_params(g.params())
     a = torch.randn(5, 2)
     assert torch.allclose(g2.log_prob(a), g.log_prob(a))
+
+
+@pytest.mark.parametrize("env,env_kwargs,net", [
+    ("contrl/CartPoleNoVel-v1", {}, {}),  # discrete: Q head; terminations
+    ("contrl/CartPoleNoVel-v1", {}, {"net.critic_lstm": True, "net.lstm_layers": 2, "net.post_hidden": [16]}),
+    ("Pendulum-v1", {"max_episode_steps": 23}, {"net.hidden": []}),  # continuous SDN; truncations
+])
+def test_lstm_acer_segment_forward_equals_acting(env, env_kwargs, net):
+    """ACER with an LSTM replays a segment as one LSTM call over its episode pieces, each from the
+    stored state (zero after an episode start) plus a bootstrap input. Its policy at every step
+    must be the behaviour policy the acting loop stored, V(s_k) the value collect() returned,
+    and V(final obs) of a truncated episode the value collect() bootstrapped with."""
+    from contrl.agent import Agent, build_model
+    from contrl.config import build_config
+    from contrl.envs.vec import VecEnv
+    from contrl.runners.collect import collect
+    from contrl.algos.acer import SegmentPlan
+    from contrl.storage.replay import behaviour_dim
+    from contrl.storage.rollout import Rollout
+
+    N, k = 3, 40
+    cfg = build_config("acer", env, env_kwargs=env_kwargs, net="lstm", overrides={"n_envs": N, "n_steps": k, **net})
+    torch.manual_seed(0)
+    venv = VecEnv(cfg.env, cfg.env_kwargs, [0, 1, 2])
+    model = build_model(cfg, venv.observation_space, venv.action_space)
+    with torch.no_grad():
+        for p in model.parameters():  # away from the near-zero init, so states matter
+            p.add_(0.3 * torch.randn_like(p))
+    agent = Agent(cfg, model, venv.observation_space, venv.action_space)
+    act_shape = () if agent.discrete else tuple(venv.action_space.shape)
+    rollout = Rollout(k, N, venv.obs_dim, act_shape, model.state_size, 0, behaviour_dim(venv.action_space))
+    gen = torch.Generator().manual_seed(0)
+    state = model.initial_state(N)
+    collect(agent, venv, rollout, gen, None, None, state)  # a first segment: non-zero carried state
+    last_values = collect(agent, venv, rollout, gen, None, None, state)
+    venv.close()
+    seg = Segment.from_rollout(rollout)
+    done = seg.terminated | seg.truncated
+    assert done.sum() >= 2 and seg.state0.abs().sum() > 0
+    plan = SegmentPlan(seg, recurrent=True)
+    with torch.no_grad():
+        pi, hv = plan.run(model)
+        got = model.dist(pi[plan.steps]).params()
+        v_last, v_final = plan.bootstrap_values(model.v(pi[plan.boot], hv[plan.boot]))
+    tol = dict(atol=2e-6, rtol=1e-5)
+    assert torch.allclose(got, rollout.mu.reshape(k * N, -1), **tol)
+    open_cols = ~done[k - 1]
+    assert torch.allclose(v_last[open_cols], last_values[open_cols], **tol)
+    trunc = seg.truncated
+    if env == "Pendulum-v1":
+        assert trunc.sum() >= 2
+    assert torch.allclose(v_final[trunc], rollout.trunc_values[trunc], **tol)

@@ -135,6 +135,7 @@ def test_worker_failing_past_its_retries_stops_with_one_line(run_cli):
 @pytest.mark.parametrize("env,extra", [
     ("CartPole-v1", {"replay_start": 200, "buffer_size": 1000}),
     ("Pendulum-v1", {"replay_start": 200, "buffer_size": 1000, "optimizer": "adam"}),
+    ("contrl/CartPoleNoVel-v1", {"replay_start": 200, "buffer_size": 1000, "net.type": "lstm"}),  # replayed states
 ])
 def test_async_acer_with_one_worker_computes_exactly_what_sync_acer_computes(tmp_path, env, extra):
     """The same for ACER on both runners: one worker with its own replay memory, the shared

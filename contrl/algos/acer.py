@@ -65,6 +65,83 @@ def trust_region(g: torch.Tensor, k: torch.Tensor, delta: float) -> tuple[torch.
     return g - scale.unsqueeze(-1) * k, scale
 
 
+class SegmentPlan:
+    """How a ``[k, B]`` segment goes through a network in one call, bootstrap inputs included.
+
+    Every episode piece of a column (cut where an episode ends) gets one bootstrap input after its
+    last step: the final observation where the episode ended there (a truncation bootstraps
+    V(final obs); a termination's value is never used), else the observation after the segment.
+    MLP: the k*B observations and the bootstrap inputs are one flat batch. LSTM: each piece is a
+    sequence (its steps, then its bootstrap input) from the column's stored initial state, or
+    from zero after an episode start, so the bootstrap input is seen with the state that saw the
+    piece's last step; the pieces are padded to ``[L, P]`` and run as one LSTM call.
+    ``steps`` picks the k*B step outputs in time-major order, ``boot`` the bootstrap outputs.
+    """
+
+    def __init__(self, seg: Segment, recurrent: bool):
+        k, B = seg.rewards.shape
+        D = seg.obs.shape[-1]
+        done = seg.terminated | seg.truncated
+        self.k, self.B, self.recurrent = k, B, recurrent
+        # the bootstrap points: every done step, and the last step of each column that did not end
+        last_open = ~done[k - 1]
+        t_b = torch.cat([done.nonzero(), torch.stack([torch.full((int(last_open.sum()),), k - 1),
+                                                       last_open.nonzero().squeeze(1)], 1)])
+        boot_obs = torch.cat([seg.final_obs[done], seg.obs[k][last_open]])
+        self.boot_t, self.boot_b = t_b[:, 0], t_b[:, 1]
+        self.ended = torch.cat([torch.ones(int(done.sum()), dtype=torch.bool), torch.zeros(int(last_open.sum()),
+                                                                                             dtype=torch.bool)])
+        n = k * B
+        if not recurrent:
+            self.x = torch.cat([seg.obs[:k].reshape(n, D), boot_obs])
+            self.steps = torch.arange(n)
+            self.boot = n + torch.arange(boot_obs.shape[0])
+            return
+        # pieces in env-major order (column b's step t at b * k + t), one per bootstrap point
+        start = torch.zeros(B, k, dtype=torch.bool)
+        start[:, 0] = True
+        start[:, 1:] = done.T[:, :-1]
+        pos = start.flatten().nonzero().squeeze(1)
+        P = pos.shape[0]
+        m = torch.diff(pos, append=torch.tensor([B * k]))  # steps per piece
+        col, t0 = pos // k, pos % k
+        end = t0 + m - 1
+        # this piece's bootstrap point: match (end, col) against the list above
+        key = self.boot_t * B + self.boot_b
+        order = torch.argsort(key)
+        which = order[torch.searchsorted(key[order], end * B + col)]
+        table = torch.cat([seg.obs[:k].transpose(0, 1).reshape(n, D), boot_obs[which]])
+        L = int(m.max()) + 1
+        j = torch.arange(L).unsqueeze(1)
+        idx = torch.where(j < m, pos + j, n + torch.arange(P))  # after the steps: the bootstrap row
+        self.x = table[idx]  # [L, P, D]; padding repeats the bootstrap row
+        s0 = seg.state0[col]
+        self.state0 = torch.where((t0 == 0).unsqueeze(1), s0, torch.zeros_like(s0))
+        piece = torch.cumsum(start.flatten(), 0) - 1  # the piece of each env-major step
+        row = (torch.arange(n) - pos[piece]) * P + piece  # its row in the flattened [L * P] outputs
+        tm_to_em = (torch.arange(k).unsqueeze(1) + torch.arange(B).unsqueeze(0) * k).reshape(n)
+        self.steps = row[tm_to_em]
+        boot_rows = torch.empty(P, dtype=torch.long)
+        boot_rows[which] = m * P + torch.arange(P)
+        self.boot = boot_rows
+
+    def run(self, net) -> tuple[torch.Tensor, torch.Tensor]:
+        """(distribution parameters, critic features) of ``net`` at every row of the plan."""
+        if not self.recurrent:
+            return net.features(self.x)
+        pi, hv = net.seq_features(self.x, self.state0)
+        return pi.reshape(-1, pi.shape[-1]), hv.reshape(-1, hv.shape[-1])
+
+    def bootstrap_values(self, v_boot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(V(s_k) per column [B], V(final obs) [k, B] where an episode ended) from the values at
+        the bootstrap rows; zero where there is nothing to bootstrap."""
+        v_last = torch.zeros(self.B)
+        v_final = torch.zeros(self.k, self.B)
+        v_final[self.boot_t[self.ended], self.boot_b[self.ended]] = v_boot[self.ended]
+        v_last[self.boot_b[~self.ended]] = v_boot[~self.ended]
+        return v_last, v_final
+
+
 class ACER:
     stores_behaviour = True  # the runner keeps mu, final observations and terminated flags
 
@@ -85,7 +162,8 @@ class ACER:
                 p.requires_grad_(False)
         self.replay = None
         if cfg.replay_ratio > 0 and replay:
-            self.replay = ReplayBuffer(cfg.buffer_size, cfg.n_steps, n_envs, obs_dim, act_shape, mu_dim)
+            self.replay = ReplayBuffer(cfg.buffer_size, cfg.n_steps, n_envs, obs_dim, act_shape, mu_dim,
+                                       model.state_size)
         self.n_envs = n_envs
         self.q_opc = cfg.q_opc if cfg.q_opc is not None else not model.discrete
 
@@ -139,16 +217,12 @@ class ACER:
         cfg, model = self.cfg, self.model
         k, B = seg.rewards.shape
         n = k * B
-        # 1. one forward: the k steps, the observation after them, final obs of truncated episodes
-        trunc = seg.truncated.reshape(n)
-        obs = torch.cat([seg.obs.reshape((k + 1) * B, -1), seg.final_obs.reshape(n, -1)[trunc]])
-        pi_all, hv_all = model.features(obs)
+        # 1. one forward: the k steps and, per piece of episode, the observation to bootstrap from
+        plan = SegmentPlan(seg, model.recurrent)
+        pi_all, hv_all = plan.run(model)
+        pi_out, hv = pi_all[plan.steps], hv_all[plan.steps]
         with torch.no_grad():
-            v_all = model.v(pi_all, hv_all)
-        v_last = v_all[n:n + B]
-        v_final = torch.zeros(n)
-        v_final[trunc] = v_all[n + B:]
-        pi_out, hv = pi_all[:n], hv_all[:n]
+            v_last, v_final = plan.bootstrap_values(model.v(pi_all[plan.boot], hv_all[plan.boot]))
         actions = seg.actions.reshape((n,) + seg.actions.shape[2:])
 
         # the policy as a function of its own parameters phi, so its gradient can be projected
@@ -207,7 +281,7 @@ class ACER:
         kl_mean, tr_active = 0.0, 0.0
         if self.avg is not None:
             with torch.no_grad():
-                avg_pi = self.avg.features(obs[:n])[0]
+                avg_pi = plan.run(self.avg)[0][plan.steps]
                 avg_dist = Categorical(avg_pi) if model.discrete else DiagGaussian(avg_pi, self.avg.log_std)
             kl = avg_dist.kl(dist)
             kgrad = torch.cat(torch.autograd.grad(kl.sum(), phi), -1)

@@ -5,7 +5,8 @@
   advantage MLP on (critic features, action) gives A(s, a); the rule forms
   ``Q~(s, a) = V(s) + A(s, a) - mean_i A(s, u_i)`` with ``u_i ~ pi(.|s)``.
 
-It exposes the interface every network shares (``initial_state``, ``step``, ``value_step``,
+The torso is the MLP actor-critic or, with ``net.type: lstm``, the recurrent one. ACERNet
+exposes the interface every network shares (``initial_state``, ``step``, ``value_step``,
 ``dist``), so acting, evaluation and play treat it like the others.
 """
 
@@ -21,15 +22,14 @@ from torch.nn import functional as F
 
 from contrl.config import NetConfig
 from contrl.nets.actor_critic import ActorCritic, _plan, _run, init_orthogonal, mlp
+from contrl.nets.recurrent import RecurrentActorCritic
 
 
 class ACERNet(nn.Module):
-    recurrent = False
-    state_size = 0
-
     def __init__(self, obs_dim: int, action_space: gym.Space, cfg: NetConfig):
         super().__init__()
-        self.body = ActorCritic(obs_dim, action_space, cfg)
+        self.body = (RecurrentActorCritic if cfg.type == "lstm" else ActorCritic)(obs_dim, action_space, cfg)
+        self.recurrent, self.state_size = self.body.recurrent, self.body.state_size
         self.discrete = self.body.discrete
         act_dim = int(action_space.n) if self.discrete else int(np.prod(action_space.shape))
         width = self.body.feature_dim
@@ -55,8 +55,16 @@ class ACERNet(nn.Module):
 
     # -- the heads ------------------------------------------------------------------------------
     def features(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(distribution parameters, critic features) for flat observations ``[B, D]``."""
+        """(distribution parameters, critic features) for flat observations ``[B, D]`` (MLP)."""
         return self.body.features(obs)
+
+    def seq_features(self, obs: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same for sequences ``[L, B, D]`` from initial states ``[B, S]`` (LSTM: one call)."""
+        if self.recurrent:
+            return self.body.seq_features(obs, state)[:2]
+        L, B = obs.shape[:2]
+        pi, hv = self.body.features(obs.reshape(L * B, -1))
+        return pi.reshape(L, B, -1), hv.reshape(L, B, -1)
 
     def q_values(self, hv: torch.Tensor) -> torch.Tensor:
         """Discrete: Q(s, .) ``[B, A]``."""
@@ -75,12 +83,14 @@ class ACERNet(nn.Module):
 
     # -- the interface every network shares ------------------------------------------------------
     def initial_state(self, n: int) -> torch.Tensor:
-        return torch.zeros(n, 0)
+        return self.body.initial_state(n)
 
     def step(self, obs: torch.Tensor, state: torch.Tensor):
-        pi_out, hv = self.features(obs)
+        if self.recurrent:
+            pi_out, hv, state = self.body.step_features(obs, state)
+        else:
+            pi_out, hv = self.features(obs)
         return pi_out, self.v(pi_out, hv), state
 
     def value_step(self, obs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        pi_out, hv = self.features(obs)
-        return self.v(pi_out, hv)
+        return self.step(obs, state)[1]

@@ -37,7 +37,7 @@ class RecurrentActorCritic(nn.Module):
         self.v_lstm = nn.LSTM(enc_out, H, layers) if cfg.critic_lstm else None
         self.pi_post = mlp(H, cfg.post_hidden, cfg.activation)
         self.v_post = mlp(H, cfg.post_hidden, cfg.activation)
-        width = cfg.post_hidden[-1] if cfg.post_hidden else H
+        width = self.feature_dim = cfg.post_hidden[-1] if cfg.post_hidden else H
         self.pi_head = nn.Linear(width, act_dim)
         self.v_head = nn.Linear(width, 1)
         self.log_std = None if self.discrete else nn.Parameter(torch.full((act_dim,), float(cfg.log_std_init)))
@@ -71,6 +71,11 @@ class RecurrentActorCritic(nn.Module):
 
     # -- forward ------------------------------------------------------------------------------
     def _forward(self, obs: torch.Tensor, state: torch.Tensor, lstm_call):
+        pi_out, hv, new_state = self._features(obs, state, lstm_call)
+        return pi_out, F.linear(hv, self.v_head.weight, self.v_head.bias).squeeze(-1), new_state
+
+    def _features(self, obs: torch.Tensor, state: torch.Tensor, lstm_call):
+        """(distribution parameters, the critic's features before its head, next state)."""
         hcs = self._unpack(state)
         out, hc = lstm_call(self.lstm, _run(self._plans["encoder"], obs), hcs[0])
         new = [hc]
@@ -80,8 +85,14 @@ class RecurrentActorCritic(nn.Module):
         else:
             v_out = out
         pi_out = F.linear(_run(self._plans["pi_post"], out), self.pi_head.weight, self.pi_head.bias)
-        v = F.linear(_run(self._plans["v_post"], v_out), self.v_head.weight, self.v_head.bias).squeeze(-1)
-        return pi_out, v, self._pack(new)
+        return pi_out, _run(self._plans["v_post"], v_out), self._pack(new)
+
+    def seq_features(self, obs: torch.Tensor, state: torch.Tensor):
+        """``seq`` with the critic's features in place of V (ACER's Q heads read them)."""
+        return self._features(obs, state, lambda lstm, x, hc: lstm(x, hc))
+
+    def step_features(self, obs: torch.Tensor, state: torch.Tensor):
+        return self._features(obs, state, self._cell)
 
     def seq(self, obs: torch.Tensor, state: torch.Tensor):
         """obs ``[L, B, D]`` from initial states ``[B, S]`` -> (pi_out [L, B, A], V [L, B], final state)."""

@@ -245,7 +245,7 @@ class AsyncRunner(Runner):
         replay_info = None
         if cfg.rule == "acer" and rule_cfg.replay_ratio > 0:
             held, nbytes = ReplayBuffer.size(rule_cfg.buffer_size, rule_cfg.n_steps, cfg.n_envs, obs_dim, act_shape,
-                                             behaviour_dim(act_space))
+                                             behaviour_dim(act_space), model.state_size)
             replay_info = {"per_worker_transitions": held, "capacity_transitions": held * W,
                            "bytes": nbytes * W}
             logger.message(f"replay buffer: {held:,} transitions per worker, {W * nbytes / 2**20:.1f} MiB "
