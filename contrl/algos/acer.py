@@ -4,8 +4,9 @@ Per collected segment: one on-policy update on it, then it goes into the replay 
 once ``replay_start`` transitions are stored, Poisson(``replay_ratio``) off-policy updates on
 segments sampled from it. Each update (``learn``) reads top to bottom:
 
-1. One forward of the network over the segment's observations (plus the one after the
-   segment, and the final observations of truncated episodes): pi, Q and V.
+1. One forward of the network over the segment (``SegmentPlan``): its k steps and, for every
+   episode piece, the observation to bootstrap from; pi, Q and V. With an LSTM the pieces are
+   sequences from their stored initial states, padded into one call.
 2. Importance weights rho = pi(a|s) / mu(a|s) against the stored behaviour policy mu.
 3. Retrace targets Q_ret, computed backwards with truncated weights c_t = min(1, rho_t)
    (continuous: min(1, rho_t^(1/d))); a terminated step bootstraps nothing, a truncated one
