@@ -1,4 +1,4 @@
-"""``contrl`` command line: train | eval | play | plot.
+"""``contrl`` command line: train | eval | play | plot | doctor.
 
 Errors caused by the input print one line (``contrl: error: ...``) and exit 2, without a
 traceback. Ctrl-C during training saves a checkpoint, prints how to resume, and exits 130.
@@ -81,6 +81,12 @@ def cmd_eval(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(a: argparse.Namespace) -> int:
+    from contrl.doctor import run
+
+    return run(lambda line: print(line, flush=True))
+
+
 def cmd_play(a: argparse.Namespace) -> int:
     from contrl.agent import load
     from contrl.record.video import play
@@ -157,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             e.add_argument("--video", help="record to this .mp4 or .gif instead of showing a window")
             e.set_defaults(func=cmd_play)
+
+    d = sub.add_parser("doctor", help="check the installation: torch, Box2D, MuJoCo, rendering, video")
+    d.set_defaults(func=cmd_doctor)
 
     pl = sub.add_parser("plot", help="learning curves of one or more runs")
     pl.add_argument("runs", nargs="+", metavar="RUN")

@@ -1,0 +1,46 @@
+"""contrl doctor: every check passes on a working installation; a missing piece is reported with
+the command that fixes it, and a broken core makes the exit code non-zero."""
+
+import sys
+
+from contrl import doctor
+
+
+def test_doctor_on_this_installation(run_cli):
+    p = run_cli("doctor", check=0)
+    for name in ("python", "torch", "gymnasium", "Box2D", "MuJoCo", "contrl", "video writer"):
+        assert f"ok    {name}:" in p.stdout, p.stdout
+    assert "a random agent steps HalfCheetah-v5" in p.stdout
+    assert "contrl doctor: the core works" in p.stdout
+    assert "Traceback" not in p.stderr
+
+
+def _run(monkeypatch, checks, hidden):
+    for module in hidden:
+        monkeypatch.setitem(sys.modules, module, None)  # import now raises ImportError, as if not installed
+    monkeypatch.setattr(doctor, "CHECKS", checks)
+    lines = []
+    return doctor.run(lines.append), lines
+
+
+def test_missing_core_module_is_reported_with_its_fix_and_fails(monkeypatch):
+    code, lines = _run(monkeypatch, [doctor.check_box2d, doctor.check_mujoco], ["mujoco"])
+    assert code == 1
+    assert lines[0].startswith("ok    Box2D:")
+    assert lines[1].startswith("FAIL  MuJoCo: the mujoco module is not importable")
+    assert lines[2] == '      fix: pip install "gymnasium[mujoco]"'
+    assert "the core is broken (MuJoCo)" in lines[-1]
+
+
+def test_missing_optional_piece_warns_and_passes(monkeypatch):
+    code, lines = _run(monkeypatch, [doctor.check_python, doctor.check_video], ["imageio_ffmpeg"])
+    assert code == 0
+    assert lines[1].startswith("warn  video writer:") and lines[2] == "      fix: pip install imageio imageio-ffmpeg"
+    assert lines[-1] == "contrl doctor: the core works; optional pieces missing: video writer"
+
+
+def test_missing_box2d_and_torch(monkeypatch):
+    code, lines = _run(monkeypatch, [doctor.check_box2d, doctor.check_torch], ["Box2D", "torch"])
+    assert code == 1
+    assert lines[0].startswith("FAIL  Box2D") and "gymnasium[box2d]" in lines[1]
+    assert lines[2].startswith("FAIL  torch: not importable") and "torch==2.13.0" in lines[3]
