@@ -34,6 +34,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     overrides = parse_assignments(a.set, "--set")
     if a.workers is not None:
         overrides = {"workers": a.workers, **overrides}
+    if a.power_watts is not None:
+        overrides = {"power_watts": a.power_watts, **overrides}
     if a.runner is not None:
         overrides = {"runner": a.runner, **overrides}
     if a.buffer_size is not None:
@@ -59,8 +61,10 @@ def cmd_train(a: argparse.Namespace) -> int:
         held = f"{rb['stored_transitions']:,} of " if "stored_transitions" in rb else ""
         print(f"replay buffer: {held}{rb['capacity_transitions']:,} transitions, {rb['bytes'] / 2**20:.1f} MiB"
               + (f" ({rb['per_worker_transitions']:,} per worker)" if "per_worker_transitions" in rb else ""))
+    energy = (f", ~{s['energy_wh']:.2f} Wh at {s['power_watts']:g} W per busy core (estimate)"
+              if s.get("energy_wh") is not None else "")
     print(f"compute: {s['steps']:,} steps in {s['wall_s']:.1f} wall-s, {s['cpu_s']:.1f} CPU-s "
-          f"({s['steps_per_s']:,.0f} steps/s)")
+          f"({s['steps_per_s']:,.0f} steps/s), peak memory {s['peak_mem_mb']:,.0f} MiB{energy}")
     return 0
 
 
@@ -125,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--workers", type=int, help="a3c: worker processes (default 2)")
     t.add_argument("--runner", choices=["sync", "async"],
                    help="acer: sync (N envs in lock-step, one learner; default) or async (Hogwild --workers)")
+    t.add_argument("--power-watts", type=float, metavar="W",
+                   help="estimate energy as CPU-seconds x W (watts per busy core; e.g. 15 for a laptop core)")
     t.add_argument("--buffer-size", type=float, metavar="N",
                    help="acer: replay capacity in transitions (default 50000; the summary reports its memory)")
     t.add_argument("--net", choices=["mlp", "lstm"],

@@ -148,6 +148,7 @@ class Config:
     final_eval_episodes: int = 20  # episodes of the final evaluation
     checkpoint_every: int = 0  # save latest.pt every N steps (0: at each evaluation)
     log_every: int = 0  # a progress.csv row every N steps (0: per update, >= 1,000 steps; a3c: ~1 s)
+    power_watts: float = 0.0  # watts per busy core for the energy estimate (CPU-s x W; 0: off)
     threads: int = 1  # torch intra-op threads (tiny nets are fastest on one); per worker for a3c
     workers: int = 2  # a3c: worker processes (each steps n_envs envs and updates the shared model)
     max_restarts: int = 3  # a3c: restarts of a dead worker before the run stops with an error
@@ -478,6 +479,8 @@ def validate(cfg: Config) -> None:
     _need(cfg.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {cfg.checkpoint_every}")
     _need(cfg.log_every >= 0, f"log_every must be >= 0 (0: automatic), got {cfg.log_every}")
     _need(cfg.threads >= 1, f"threads must be >= 1, got {cfg.threads}")
+    _need(cfg.power_watts >= 0, f"power_watts must be >= 0 (0: no energy estimate), got {cfg.power_watts}; "
+                                f"use e.g. --power-watts 15")
     n = cfg.net
     _need(n.type in NET_TYPES, f"net.type must be mlp or lstm, got '{n.type}'; use --net mlp or --net lstm")
     _need(all(h >= 1 for h in n.hidden + n.post_hidden),

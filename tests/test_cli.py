@@ -38,7 +38,7 @@ def one_line_error(p, *words):
 def test_train_prints_run_folder_eval_and_compute(trained):
     run, p = trained
     assert "run folder:" in p.stdout and "final evaluation:" in p.stdout and "+-" in p.stdout
-    assert "CPU-s" in p.stdout and "wall-s" in p.stdout
+    assert "CPU-s" in p.stdout and "wall-s" in p.stdout and "peak memory" in p.stdout
     assert '"algo": "ppo"' in p.stdout  # merged config printed at start
     assert json.loads((run / "config.json").read_text())["n_envs"] == 2
 
@@ -175,6 +175,7 @@ def test_acer_chapter_preset_buffer_size_then_eval_play(run_cli, tmp_path):
     (["train", "acer", "--env", "CartPole-v1", "--set", "replay_start=999999"], ["replay_start 999999 must be"]),
     (["train", "acer", "--env", "CartPole-v1", "--set", "c=0"], ["c (importance-weight truncation) must be > 0"]),
     (["train", "acer", "--env", "CartPole-v1", "--set", "gae_lambda=0.9"], ["unknown config key 'gae_lambda'"]),
+    (["train", "ppo", "--env", "CartPole-v1", "--power-watts", "-5"], ["power_watts must be >= 0"]),
     (["eval", "missing_run"], ["not found"]),
     (["plot", "missing_run"], ["not found"]),
 ])

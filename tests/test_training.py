@@ -99,7 +99,8 @@ def test_ctrl_c_then_resume_equals_uninterrupted(tmp_path, algo, env, steps, ext
     out, err = p.communicate(timeout=300)
     assert p.returncode == 130, err
     assert "--resume" in err and "Traceback" not in err, err
-    interrupted_at = json.loads(torch.load(part / "checkpoints" / "latest.pt", weights_only=True)["train_state"]["meta"])["step"]
+    meta = json.loads(torch.load(part / "checkpoints" / "latest.pt", weights_only=True)["train_state"]["meta"])
+    interrupted_at = meta["step"]
     assert 0 < interrupted_at < steps
 
     res = subprocess.run([sys.executable, "-m", "contrl", "train", "--resume", str(part), "--no-tensorboard"],
@@ -108,5 +109,9 @@ def test_ctrl_c_then_resume_equals_uninterrupted(tmp_path, algo, env, steps, ext
     a = contrl.load(tmp_path / "full", prefer="latest")
     b = contrl.load(part, prefer="latest")
     assert torch.equal(flat_params(a.model), flat_params(b.model))
+    # the compute counters continue from the checkpoint's
+    summary = json.loads((part / "summary.json").read_text())
+    assert summary["cpu_s"] > meta["cpu_s"] and summary["wall_s"] > meta["wall_s"]
+    assert summary["peak_mem_mb"] >= meta["peak_mem_mb"] > 0
     # the logs match too: the interrupted process's extra rows were dropped
     assert (tmp_path / "full" / "episodes.csv").read_text().count("\n") == (part / "episodes.csv").read_text().count("\n")

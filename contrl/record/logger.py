@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 PROGRESS_FIELDS = [
-    "step", "wall_s", "episode_return", "episode_length", "episodes", "policy_loss", "value_loss",
+    "step", "wall_s", "cpu_s", "peak_mem_mb", "energy_wh", "episode_return", "episode_length", "episodes", "policy_loss", "value_loss",
     "entropy", "approx_kl", "clip_fraction", "explained_variance",
     "q_loss", "rho", "kl_avg", "trust_region_active", "replay_updates",  # acer
     "lr", "steps_per_s",
@@ -121,7 +121,8 @@ class Logger:
                     group = "eval" if k.startswith("eval") else ("rollout" if k.startswith("episode") else "train")
                     self.tb.add_scalar(f"{group}/{k}", v, row["step"])
 
-    def status(self, step: int, steps_per_s: float, recent_return: Optional[float], force: bool = False) -> None:
+    def status(self, step: int, steps_per_s: float, recent_return: Optional[float], force: bool = False,
+               cost: Optional[dict] = None) -> None:
         if self.quiet:
             return
         now = time.time()
@@ -133,6 +134,10 @@ class Logger:
         ret = f"{recent_return:9.2f}" if recent_return is not None else "        -"
         line = (f"steps {step:>10,}/{self.total:,} ({pct:5.1f}%) | {steps_per_s:7,.0f} steps/s | "
                 f"return {ret} (last 100) | ETA {_fmt_time(eta)}")
+        if cost:
+            line += f" | {cost['cpu_s']:,.0f} CPU-s, {cost['peak_mem_mb']:,.0f} MiB peak"
+            if cost.get("energy_wh") is not None:
+                line += f", ~{cost['energy_wh']:.2f} Wh"
         if self.tty:
             sys.stderr.write("\r" + line + "\033[K")
         else:

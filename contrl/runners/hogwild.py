@@ -44,9 +44,10 @@ from contrl.envs.normalize import ObsNormalizer, RewardScaler, RunningMeanStd
 from contrl.envs.vec import VecEnv
 from contrl.errors import ContrlError
 from contrl.record.checkpoint import load_checkpoint, save_checkpoint
+from contrl.record.compute import ComputeMeter
 from contrl.record.logger import Logger, StatsWindow
 from contrl.runners.collect import collect
-from contrl.runners.sync import Interrupted, Runner, _cpu_seconds, explained_variance
+from contrl.runners.sync import Interrupted, Runner, explained_variance
 from contrl.storage.replay import ReplayBuffer, behaviour_dim
 from contrl.storage.rollout import Rollout
 
@@ -211,7 +212,7 @@ class AsyncRunner(Runner):
         agent = Agent(cfg, eval_model, obs_space, act_space, obs_norm)
         counters = torch.zeros(W, 2, dtype=torch.int64).share_memory_()  # per worker: steps, updates
 
-        base, best, prev_wall, prev_cpu, next_seed = 0, -float("inf"), 0.0, 0.0, cfg.seed
+        base, best, prev_cost, next_seed = 0, -float("inf"), {}, cfg.seed
         recent: deque = deque(maxlen=100)
         recent_len: deque = deque(maxlen=100)
         ckpt_dir = self.run_dir / "checkpoints"
@@ -226,7 +227,7 @@ class AsyncRunner(Runner):
                 obs_norm.rms.load_state_dict(json.loads(st["obs_norm"]))
             meta = json.loads(ts["meta"])
             base, best = meta["step"], meta["best_eval"]
-            prev_wall, prev_cpu = meta["wall_s"], meta["cpu_s"]
+            prev_cost = meta  # wall_s, cpu_s, peak_mem_mb so far
             next_seed = meta.get("next_seed", cfg.seed + 1000)
             recent.extend(meta["recent_returns"])
             recent_len.extend(meta["recent_lengths"])
@@ -262,10 +263,8 @@ class AsyncRunner(Runner):
         window = StatsWindow()
         cfg_json = cfg.to_json()
         step = base
-        t_start, c_start = time.time(), _cpu_seconds()
-
-        def wall() -> float:
-            return prev_wall + time.time() - t_start
+        meter = ComputeMeter(prev_cost, cfg.power_watts)
+        wall = meter.wall
 
         def launch(i: int) -> None:
             nonlocal next_seed
@@ -332,7 +331,7 @@ class AsyncRunner(Runner):
             payload["train_state"] = {
                 "rule": rule.state_dict(),
                 "meta": json.dumps({
-                    "step": step, "best_eval": best, "wall_s": wall(), "cpu_s": prev_cpu + _cpu_seconds() - c_start,
+                    "step": step, "best_eval": best, **meter.state(),
                     "next_seed": next_seed, "recent_returns": list(recent), "recent_lengths": list(recent_len),
                 }),
             }
@@ -344,7 +343,7 @@ class AsyncRunner(Runner):
             best = self._evaluate(agent, step, row, logger, best)
 
         def progress_row(lr: float) -> dict:
-            row = {"step": step, "wall_s": wall(),
+            row = {"step": step, "wall_s": wall(), **meter.row(),
                    "episode_return": float(np.mean(recent)) if recent else None,
                    "episode_length": float(np.mean(recent_len)) if recent_len else None,
                    "episodes": len(recent), "lr": lr, "steps_per_s": window.steps_per_s(), **window.means()}
@@ -417,7 +416,7 @@ class AsyncRunner(Runner):
                     if do_eval:
                         evaluate(row)
                     logger.progress(row)
-                    logger.status(step, row["steps_per_s"], row["episode_return"])
+                    logger.status(step, row["steps_per_s"], row["episode_return"], cost=row)
                 if crossed("ckpt", ckpt_every):
                     save_latest()
             stop_workers()
@@ -426,7 +425,7 @@ class AsyncRunner(Runner):
             if not self._stop:
                 evaluate(row)
             logger.progress(row)
-            logger.status(step, row["steps_per_s"], row["episode_return"], force=True)
+            logger.status(step, row["steps_per_s"], row["episode_return"], force=True, cost=row)
             save_latest()
             if self._stop:
                 raise Interrupted(self.run_dir, step)
@@ -435,13 +434,13 @@ class AsyncRunner(Runner):
             if old_handler is not None:
                 signal.signal(signal.SIGINT, old_handler)
             logger.close()
-        wall_s, cpu = wall(), prev_cpu + _cpu_seconds() - c_start
+        cost = meter.summary()  # the workers have exited: their CPU time is in the children's
         snapshot()
         eval_model.eval()
         summary = {"run_dir": str(self.run_dir), "algo": cfg.algo, "env": cfg.env, "env_kwargs": cfg.env_kwargs,
                    "seed": cfg.seed, "workers": W, "worker_launches": launches, "worker_restarts": restarts,
-                   "updates": int(counters[:, 1].sum()), "steps": step, "wall_s": wall_s, "cpu_s": cpu,
-                   "steps_per_s": (step - base) / max(wall_s - prev_wall, 1e-9), "best_eval": best}
+                   "updates": int(counters[:, 1].sum()), "steps": step, **cost,
+                   "steps_per_s": (step - base) / max(cost["wall_s"] - meter.prev_wall, 1e-9), "best_eval": best}
         if replay_info is not None:
             summary["replay_buffer"] = replay_info
         if cfg.final_eval_episodes > 0:

@@ -14,10 +14,8 @@ exactly as the uninterrupted one would.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import threading
-import time
 from collections import deque
 from pathlib import Path
 
@@ -33,6 +31,7 @@ from contrl.envs.normalize import ObsNormalizer, RewardScaler
 from contrl.envs.vec import make_vec
 from contrl.errors import ContrlError
 from contrl.record.checkpoint import load_checkpoint, save_checkpoint
+from contrl.record.compute import ComputeMeter
 from contrl.record.logger import Logger, StatsWindow
 from contrl.runners.collect import collect
 from contrl.storage.replay import behaviour_dim
@@ -47,11 +46,6 @@ class Interrupted(Exception):
     def __init__(self, run_dir: Path, step: int):
         super().__init__(f"interrupted at step {step:,}; checkpoint saved. Resume with: contrl train --resume {run_dir}")
         self.run_dir, self.step = run_dir, step
-
-
-def _cpu_seconds() -> float:
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
 
 
 def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
@@ -121,7 +115,7 @@ class SyncRunner(Runner):
             rollout = Rollout(T, N, venv.obs_dim, act_shape, model.state_size, cfg.seq_len, mu_dim)
             rnn_state = model.initial_state(N)  # recurrent state carried across rollouts
 
-            step, iteration, best, prev_wall, prev_cpu = 0, 0, -float("inf"), 0.0, 0.0
+            step, iteration, best, prev_cost = 0, 0, -float("inf"), {}
             recent: deque = deque(maxlen=100)
             recent_len: deque = deque(maxlen=100)
             if self.resume:
@@ -138,7 +132,7 @@ class SyncRunner(Runner):
                     scaler.load_state_dict(json.loads(ts["reward_scaler"]))
                 meta = json.loads(ts["meta"])
                 step, iteration, best = meta["step"], meta["iteration"], meta["best_eval"]
-                prev_wall, prev_cpu = meta["wall_s"], meta["cpu_s"]
+                prev_cost = meta  # wall_s, cpu_s, peak_mem_mb so far
                 recent.extend(meta["recent_returns"])
                 recent_len.extend(meta["recent_lengths"])
                 venv.set_state(json.loads(ts["envs"]))
@@ -161,8 +155,7 @@ class SyncRunner(Runner):
                     "envs": json.dumps(venv.get_state()),
                     "rnn_state": rnn_state.clone(),
                     "meta": json.dumps({
-                        "step": step, "iteration": iteration, "best_eval": best,
-                        "wall_s": prev_wall + time.time() - t_start, "cpu_s": prev_cpu + _cpu_seconds() - c_start,
+                        "step": step, "iteration": iteration, "best_eval": best, **meter.state(),
                         "recent_returns": list(recent), "recent_lengths": list(recent_len),
                     }),
                 }
@@ -172,11 +165,11 @@ class SyncRunner(Runner):
                 if res.episodes:
                     recent.extend(r for _, r, _ in res.episodes)
                     recent_len.extend(n for _, _, n in res.episodes)
-                    logger.episodes(step + (t + 1) * N, prev_wall + time.time() - t_start, res.episodes)
+                    logger.episodes(step + (t + 1) * N, meter.wall(), res.episodes)
 
             main_thread = threading.current_thread() is threading.main_thread()
             old_handler = signal.signal(signal.SIGINT, self._on_sigint) if main_thread else None
-            t_start, c_start = time.time(), _cpu_seconds()
+            meter = ComputeMeter(prev_cost, cfg.power_watts)
             try:
                 window = StatsWindow()
                 while step < cfg.steps:
@@ -197,7 +190,7 @@ class SyncRunner(Runner):
                             or step >= cfg.steps or self._stop):
                         continue
                     sps = window.steps_per_s()
-                    row = {"step": step, "wall_s": prev_wall + time.time() - t_start,
+                    row = {"step": step, "wall_s": meter.wall(), **meter.row(),
                            "episode_return": float(np.mean(recent)) if recent else None,
                            "episode_length": float(np.mean(recent_len)) if recent_len else None,
                            "episodes": len(recent), "lr": lr, "steps_per_s": sps, **window.means()}
@@ -205,7 +198,7 @@ class SyncRunner(Runner):
                     if crossed(eval_every) or step >= cfg.steps:
                         best = self._evaluate(agent, step, row, logger, best)
                     logger.progress(row)
-                    logger.status(step, sps, row["episode_return"], force=step >= cfg.steps)
+                    logger.status(step, sps, row["episode_return"], force=step >= cfg.steps, cost=row)
                     if crossed(ckpt_every) or step >= cfg.steps or self._stop:
                         save_latest()
                     if self._stop:
@@ -214,13 +207,13 @@ class SyncRunner(Runner):
                 if old_handler is not None:
                     signal.signal(signal.SIGINT, old_handler)
                 logger.close()
-            wall, cpu = prev_wall + time.time() - t_start, prev_cpu + _cpu_seconds() - c_start
+            cost = meter.summary()
         finally:
             venv.close()
         model.eval()
         summary = {"run_dir": str(self.run_dir), "algo": cfg.algo, "env": cfg.env, "env_kwargs": cfg.env_kwargs,
                    "seed": cfg.seed, "env_seeds": [cfg.seed + i for i in range(N)], "steps": step,
-                   "wall_s": wall, "cpu_s": cpu, "steps_per_s": step / max(wall, 1e-9), "best_eval": best}
+                   **cost, "steps_per_s": step / max(cost["wall_s"], 1e-9), "best_eval": best}
         if getattr(rule, "replay", None) is not None:
             summary["replay_buffer"] = {"capacity_transitions": rule.replay.capacity,
                                         "stored_transitions": rule.replay.transitions,
