@@ -1,4 +1,4 @@
-"""``contrl`` command line: train | eval | play | plot | doctor.
+"""``contrl`` command line: train | eval | play | plot | compare | doctor.
 
 Errors caused by the input print one line (``contrl: error: ...``) and exit 2, without a
 traceback. Ctrl-C during training saves a checkpoint, prints how to resume, and exits 130.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Optional
 
 from contrl.errors import ContrlError
@@ -82,6 +83,18 @@ def cmd_eval(a: argparse.Namespace) -> int:
         print(json.dumps(ev))
     else:
         print(f"{agent.config.algo} on {a.env or agent.config.env}: {_fmt_eval(ev)}")
+    return 0
+
+
+def cmd_compare(a: argparse.Namespace) -> int:
+    from contrl.compare import compare
+
+    steps = int(a.steps)
+    if steps != a.steps:
+        raise ContrlError(f"--steps must be a whole number, got {a.steps}")
+    res = compare(a.env, a.algos, steps, a.seeds, a.jobs, a.out, a.env_kwargs, a.threshold,
+                  log=lambda line: print(line, flush=True))
+    print((Path(res["out"]) / "compare.md").read_text())
     return 0
 
 
@@ -169,6 +182,18 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             e.add_argument("--video", help="record to this .mp4 or .gif instead of showing a window")
             e.set_defaults(func=cmd_play)
+
+    c = sub.add_parser("compare", help="several algorithms x seeds on one env: tables and plots")
+    c.add_argument("--env", required=True, help="Gymnasium id or package.module:ClassName")
+    c.add_argument("--algos", required=True, help="comma-separated: ppo,ppo-lstm,a2c,a3c,acer (NAME-lstm: --net lstm)")
+    c.add_argument("--steps", type=float, required=True, help="env steps per run")
+    c.add_argument("--seeds", type=int, default=3, help="seeds per algorithm (0..K-1; default 3)")
+    c.add_argument("--jobs", type=int, default=1, help="runs at once (default 1; each a3c/async run uses --workers "
+                                                        "processes)")
+    c.add_argument("--out", help="folder for the runs, tables and plots (default runs/compare-ENV)")
+    c.add_argument("--env-kwargs", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
+    c.add_argument("--threshold", type=float, help="reward threshold (default: the env's, e.g. 475 for CartPole-v1)")
+    c.set_defaults(func=cmd_compare)
 
     d = sub.add_parser("doctor", help="check the installation: torch, Box2D, MuJoCo, rendering, video")
     d.set_defaults(func=cmd_doctor)

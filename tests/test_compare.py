@@ -1,0 +1,73 @@
+"""contrl compare: the statistics against scipy, the tables and plots on a tiny budget, and a
+second call that skips finished runs and completes an unfinished one."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from contrl.compare import bootstrap_ci, iqm
+from tests.conftest import ROOT
+
+
+@pytest.mark.parametrize("n", [1, 3, 4, 5, 8, 10])
+def test_iqm_is_scipys_25_percent_trimmed_mean(n):
+    x = np.random.default_rng(n).normal(size=n) * 100
+    assert iqm(x) == pytest.approx(stats.trim_mean(x, 0.25))
+
+
+@pytest.mark.parametrize("statistic", [np.mean, iqm])
+def test_bootstrap_interval_agrees_with_scipy(statistic):
+    x = np.random.default_rng(0).normal(200, 60, size=10)
+    ours = bootstrap_ci(x, statistic, n_resamples=20_000)
+    ref = stats.bootstrap((x,), statistic, vectorized=False, method="percentile", n_resamples=20_000,
+                          confidence_level=0.95, random_state=1).confidence_interval
+    width = ref.high - ref.low
+    assert abs(ours[0] - ref.low) < 0.05 * width and abs(ours[1] - ref.high) < 0.05 * width
+
+
+def _compare(tmp_path, steps):
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    return subprocess.run([sys.executable, "-m", "contrl", "compare", "--env", "CartPole-v1", "--algos", "ppo,a2c",
+                           "--steps", str(steps), "--seeds", "2", "--jobs", "2", "--out", str(tmp_path / "cmp")],
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_compare_tables_plots_and_rerun(tmp_path):
+    out = tmp_path / "cmp"
+    # an unfinished run before compare starts: a2c seed 0 with half the budget
+    pre = subprocess.run([sys.executable, "-m", "contrl", "train", "a2c", "--env", "CartPole-v1", "--steps", "1024",
+                          "--seed", "0", "--out", str(out / "a2c-s0"), "--quiet", "--no-tensorboard"],
+                         capture_output=True, text=True, env={"PYTHONPATH": str(ROOT)}, timeout=600)
+    assert pre.returncode == 0, pre.stderr
+    p = _compare(tmp_path, 2048)
+    assert p.returncode == 0, p.stderr
+    assert "1 to resume, 3 to start" in p.stdout and "a2c-s0: finished (resumed)" in p.stdout
+    a2c0 = json.loads((out / "a2c-s0" / "summary.json").read_text())
+    assert a2c0["steps"] >= 2048  # continued from its checkpoint (contrl train --resume) to the new budget
+    md = (out / "compare.md").read_text()
+    assert "| ppo | 2 |" in md and "| a2c | 2 |" in md and "To threshold (475)" in md
+    rows = list(csv.DictReader(open(out / "compare.csv")))
+    assert [r["algo"] for r in rows] == ["ppo", "a2c"]
+    for r in rows:
+        assert float(r["iqm_ci_low"]) <= float(r["iqm"]) <= float(r["iqm_ci_high"])
+        assert float(r["steps_per_s"]) > 0
+    runs = list(csv.DictReader(open(out / "runs.csv")))
+    assert sorted((r["algo"], r["seed"]) for r in runs) == [("a2c", "0"), ("a2c", "1"), ("ppo", "0"), ("ppo", "1")]
+    for png in ("return_vs_steps.png", "return_vs_wall.png"):
+        assert (out / png).stat().st_size > 5000
+    # the same command again: nothing is re-run
+    stamps = {r: (out / r / "summary.json").stat().st_mtime_ns for r in ("ppo-s0", "ppo-s1", "a2c-s0", "a2c-s1")}
+    p = _compare(tmp_path, 2048)
+    assert p.returncode == 0, p.stderr
+    assert "4 finished run(s) skipped, 0 to resume, 0 to start" in p.stdout
+    assert stamps == {r: (out / r / "summary.json").stat().st_mtime_ns for r in stamps}
+
+
+def test_compare_bad_algo_one_line(run_cli):
+    p = run_cli("compare", "--env", "CartPole-v1", "--algos", "ppo,dqn", "--steps", "1000")
+    assert p.returncode == 2 and "unknown algorithm 'dqn' in --algos" in p.stderr and "Traceback" not in p.stderr
