@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from contrl.config import Config, config_from_dict
-from contrl.envs.make import make_env, space_signature
+from contrl.envs.make import DictBox, make_env, space_signature
 from contrl.envs.normalize import ObsNormalizer
 from contrl.errors import ContrlError
 from contrl.nets.acer import ACERNet
@@ -158,6 +158,9 @@ def evaluate(agent: Agent, episodes: int, seed: int, deterministic: bool = True,
 def check_compatible(agent: Agent, env: gym.Env) -> None:
     want = space_signature(agent.observation_space, agent.action_space)
     have = space_signature(env.observation_space, env.action_space)
+    if want.get("obs_keys") != have.get("obs_keys"):
+        raise ContrlError(f"checkpoint observation keys {want.get('obs_keys')} do not match the env's "
+                          f"{have.get('obs_keys')}; use the env the agent was trained on")
     if want["obs_shape"] != have["obs_shape"] or want["action"] != have["action"]:
         raise ContrlError(
             f"checkpoint spaces do not match the env: checkpoint obs {want['obs_shape']} action "
@@ -168,6 +171,8 @@ def check_compatible(agent: Agent, env: gym.Env) -> None:
 
 def _spaces_from_signature(sig: dict) -> tuple[gym.Space, gym.Space]:
     obs = gym.spaces.Box(-np.inf, np.inf, tuple(sig["obs_shape"]), np.float32)
+    if sig.get("obs_keys"):
+        obs = DictBox(sig["obs_keys"], obs.low, obs.high)
     a = sig["action"]
     if a["type"] == "discrete":
         return obs, gym.spaces.Discrete(a["n"])

@@ -56,6 +56,36 @@ def resolve_env(env: str) -> str:
     return env
 
 
+class DictBox(gym.spaces.Box):
+    """The Box a Dict observation space is flattened to; ``keys`` records [(key, shape)] in order."""
+
+    def __init__(self, keys: list, low, high):
+        super().__init__(low, high, dtype=np.float32)
+        self.keys = [(k, list(shape)) for k, shape in keys]
+
+
+class FlattenDict(gym.ObservationWrapper):
+    """Dict observations (goal-conditioned tasks: observation, achieved_goal, desired_goal) as one
+    float32 vector: each key's Box flattened and concatenated in the space's key order, which is
+    recorded (``observation_space.keys``) in checkpoints and checked when an agent is loaded."""
+
+    def __init__(self, env: gym.Env, env_name: str):
+        super().__init__(env)
+        space = env.observation_space
+        bad = [k for k, sub in space.spaces.items() if not isinstance(sub, gym.spaces.Box)]
+        if bad:
+            raise ContrlError(f"observation key '{bad[0]}' of '{env_name}' is {space.spaces[bad[0]]}; contrl flattens "
+                              f"Dict observations whose values are Box spaces only")
+        self._keys = list(space.spaces)
+        lows = [np.asarray(space.spaces[k].low, np.float32).reshape(-1) for k in self._keys]
+        highs = [np.asarray(space.spaces[k].high, np.float32).reshape(-1) for k in self._keys]
+        self.observation_space = DictBox([(k, space.spaces[k].shape) for k in self._keys],
+                                         np.concatenate(lows), np.concatenate(highs))
+
+    def observation(self, obs):
+        return np.concatenate([np.asarray(obs[k], np.float32).reshape(-1) for k in self._keys])
+
+
 def make_env(env: str, env_kwargs: Optional[dict] = None, render_mode: Optional[str] = None) -> gym.Env:
     env_id = resolve_env(env)
     kwargs = dict(env_kwargs or {})
@@ -69,6 +99,8 @@ def make_env(env: str, env_kwargs: Optional[dict] = None, render_mode: Optional[
         raise ContrlError(f"bad --env-kwargs for '{env}': {err}; check the keyword names") from None
     except gym.error.Error as err:
         raise ContrlError(f"cannot make environment '{env}': {err}") from None
+    if isinstance(e.observation_space, gym.spaces.Dict):
+        e = FlattenDict(e, env)
     check_spaces(e.observation_space, e.action_space, env)
     return e
 
@@ -77,7 +109,7 @@ def check_spaces(obs_space: Any, act_space: Any, env: str = "env") -> None:
     if not isinstance(obs_space, gym.spaces.Box):
         raise ContrlError(
             f"observation space {obs_space} of '{env}' is not supported; contrl supports Box "
-            f"(vector) observations: flatten Dict/Tuple spaces with gymnasium.wrappers.FlattenObservation"
+            f"(vector) observations and Dicts of them: flatten other spaces with gymnasium.wrappers.FlattenObservation"
         )
     if len(obs_space.shape) > 1 and np.prod(obs_space.shape) > 4096:
         raise ContrlError(
@@ -98,6 +130,8 @@ def check_spaces(obs_space: Any, act_space: Any, env: str = "env") -> None:
 def space_signature(obs_space: Any, act_space: Any) -> dict:
     """A JSON description of the spaces, stored in checkpoints and compared on load."""
     sig: dict = {"obs_shape": list(obs_space.shape)}
+    if getattr(obs_space, "keys", None) is not None and isinstance(obs_space, DictBox):
+        sig["obs_keys"] = obs_space.keys  # a flattened Dict: which key is where
     if isinstance(act_space, gym.spaces.Discrete):
         sig["action"] = {"type": "discrete", "n": int(act_space.n)}
     else:
