@@ -46,6 +46,7 @@ def train(
     quiet: bool = False,
     tensorboard: bool = True,
     log=print,
+    eval_hook=None,
 ) -> Agent:
     """Train an agent and return it; the run folder holds config, logs, checkpoints, summary.
 
@@ -53,6 +54,7 @@ def train(
     ``net="lstm"`` trains a recurrent policy; ``mask_velocity=True`` trains on the env's
     velocity-masked version (``contrl/CartPoleNoVel-v1`` for ``CartPole-v1``).
     ``resume`` continues the run folder from its latest checkpoint (``steps`` may extend it).
+    ``eval_hook(step, mean_return)`` is called after each periodic evaluation (raise to stop).
     The summary of the run is in ``agent.summary``.
     """
     if getattr(multiprocessing.current_process(), "_inheriting", False):
@@ -89,7 +91,8 @@ def train(
         log(("resuming" if resume is not None else "training") + f" {cfg.algo} on {cfg.env} -> {run_dir}")
         log(f"config (preset: {cfg.preset or 'none'}):\n{cfg.to_json()}")
     runner_cls = AsyncRunner if cfg.runner == "async" else SyncRunner
-    runner = runner_cls(cfg, run_dir, resume=resume is not None, quiet=quiet, tensorboard=tensorboard)
+    runner = runner_cls(cfg, run_dir, resume=resume is not None, quiet=quiet, tensorboard=tensorboard,
+                        eval_hook=eval_hook)
     agent, summary = runner.run()
     agent.summary = summary
     return agent

@@ -1,4 +1,4 @@
-"""``contrl`` command line: train | eval | play | plot | compare | doctor.
+"""``contrl`` command line: train | eval | play | plot | compare | tune | doctor.
 
 Errors caused by the input print one line (``contrl: error: ...``) and exit 2, without a
 traceback. Ctrl-C during training saves a checkpoint, prints how to resume, and exits 130.
@@ -98,6 +98,18 @@ def cmd_compare(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(a: argparse.Namespace) -> int:
+    from contrl.config import parse_assignments
+    from contrl.tune import tune
+
+    res = tune(a.algo, a.env, a.trials, steps=int(a.steps) if a.steps else None, storage=a.storage, timeout=a.timeout,
+               out=a.out, net=a.net, env_kwargs=parse_assignments(a.env_kwargs, "--env-kwargs"), seed=a.seed,
+               log=lambda line: print(line, flush=True))
+    print(f"best: {res['best_value']:.2f} (trial {res['best_trial']}); train with: contrl train {a.algo} "
+          f"--preset {res['preset']}")
+    return 0
+
+
 def cmd_doctor(a: argparse.Namespace) -> int:
     from contrl.doctor import run
 
@@ -194,6 +206,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--env-kwargs", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
     c.add_argument("--threshold", type=float, help="reward threshold (default: the env's, e.g. 475 for CartPole-v1)")
     c.set_defaults(func=cmd_compare)
+
+    tu = sub.add_parser("tune", help="Optuna search over an algorithm's hyper-parameters -> a preset")
+    tu.add_argument("algo", help="ppo | a2c | a3c | acer")
+    tu.add_argument("--env", required=True, help="Gymnasium id or package.module:ClassName")
+    tu.add_argument("--trials", type=int, required=True, help="trials to run in this call")
+    tu.add_argument("--steps", type=float, help="env steps per trial (default: the preset's)")
+    tu.add_argument("--storage", help="Optuna storage, e.g. sqlite:///study.db (default OUT/study.db)")
+    tu.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    tu.add_argument("--out", help="folder for trials, best.yaml and study.png (default runs/tune-ALGO-ENV)")
+    tu.add_argument("--net", choices=["mlp", "lstm"])
+    tu.add_argument("--env-kwargs", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
+    tu.add_argument("--seed", type=int, default=0)
+    tu.set_defaults(func=cmd_tune)
 
     d = sub.add_parser("doctor", help="check the installation: torch, Box2D, MuJoCo, rendering, video")
     d.set_defaults(func=cmd_doctor)

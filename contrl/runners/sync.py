@@ -18,6 +18,7 @@ import signal
 import threading
 from collections import deque
 from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -58,9 +59,12 @@ class Runner:
     clean stop after the current update, the second stops at once)."""
 
     def __init__(self, cfg: Config, run_dir: Path, resume: bool = False, quiet: bool = False,
-                 tensorboard: bool = True):
+                 tensorboard: bool = True, eval_hook: Optional[Callable[[int, float], None]] = None):
+        """``eval_hook(step, mean return)`` is called after every periodic evaluation; an exception
+        it raises (``contrl tune``: a pruned trial) stops the run like any error."""
         self.cfg, self.run_dir, self.resume, self.quiet = cfg, Path(run_dir), resume, quiet
         self.tensorboard = tensorboard
+        self.eval_hook = eval_hook
         self._stop = False
 
     def _on_sigint(self, signum, frame):
@@ -75,7 +79,9 @@ class Runner:
         logger.message(f"eval @ {step:,}: {ev['mean']:.2f} +- {ev['std']:.2f} ({ev['episodes']} episodes)")
         if ev["mean"] > best:
             save_checkpoint(self.run_dir / "checkpoints" / "best.pt", agent.payload())
-            return ev["mean"]
+            best = ev["mean"]
+        if self.eval_hook is not None:
+            self.eval_hook(step, ev["mean"])
         return best
 
 

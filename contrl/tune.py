@@ -1,0 +1,212 @@
+"""``contrl tune``: an Optuna search over an algorithm's hyper-parameters.
+
+Each trial is one ``contrl train`` run (in-process, ``OUT/trial-NNNN``) with values drawn from the
+algorithm's search space (``SPACES``, by update rule: a3c uses a2c's) on top of the env's preset.
+After every periodic evaluation (10 per run) the trial reports its return, and Optuna's median
+pruner stops trials that fall below the median of earlier ones at the same step. A trial's
+value is its final evaluation (mean over ``final_eval_episodes`` deterministic episodes).
+
+The study lives in ``--storage`` (default ``sqlite:///OUT/study.db``), so calling the same
+command again continues it with more trials. After each call the best trial so far is written
+as a preset, ``OUT/best.yaml`` (``contrl train ALGO --preset OUT/best.yaml``), with a plot of the
+study, ``OUT/study.png`` (every trial's value, pruned ones marked, and the best so far).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Optional
+
+import yaml
+
+from contrl.config import ALGOS, RULE_OF, build_config
+from contrl.errors import ContrlError
+
+
+def _ppo(trial, cfg) -> dict:
+    n_steps = trial.suggest_categorical("n_steps", [64, 128, 256, 512, 1024, 2048])
+    batch = trial.suggest_categorical("batch_size", [32, 64, 128, 256, 512])
+    return {"lr": trial.suggest_float("lr", 1e-5, 3e-3, log=True), "n_steps": n_steps,
+            "batch_size": min(batch, n_steps * cfg.n_envs),  # a minibatch cannot exceed the rollout
+            "n_epochs": trial.suggest_categorical("n_epochs", [3, 5, 10, 20]),
+            "gamma": trial.suggest_categorical("gamma", [0.9, 0.95, 0.98, 0.99, 0.995, 0.999]),
+            "gae_lambda": trial.suggest_categorical("gae_lambda", [0.8, 0.9, 0.95, 0.98, 1.0]),
+            "clip_range": trial.suggest_categorical("clip_range", [0.1, 0.2, 0.3]),
+            "ent_coef": trial.suggest_float("ent_coef", 1e-8, 0.05, log=True),
+            "vf_coef": trial.suggest_float("vf_coef", 0.2, 1.0),
+            "max_grad_norm": trial.suggest_categorical("max_grad_norm", [0.3, 0.5, 1.0, 5.0])}
+
+
+def _a2c(trial, cfg) -> dict:
+    return {"lr": trial.suggest_float("lr", 1e-5, 3e-3, log=True),
+            "n_steps": trial.suggest_categorical("n_steps", [5, 8, 16, 32]),
+            "gamma": trial.suggest_categorical("gamma", [0.9, 0.95, 0.98, 0.99, 0.995]),
+            "gae_lambda": trial.suggest_categorical("gae_lambda", [0.9, 0.95, 1.0]),
+            "ent_coef": trial.suggest_float("ent_coef", 1e-8, 0.05, log=True),
+            "vf_coef": trial.suggest_float("vf_coef", 0.2, 1.0),
+            "max_grad_norm": trial.suggest_categorical("max_grad_norm", [0.3, 0.5, 1.0, 5.0]),
+            "normalize_advantage": trial.suggest_categorical("normalize_advantage", [False, True]),
+            "optimizer": trial.suggest_categorical("optimizer", ["rmsprop", "adam"])}
+
+
+def _acer(trial, cfg) -> dict:
+    n_steps = trial.suggest_categorical("n_steps", [5, 10, 20])
+    replay_ratio = trial.suggest_categorical("replay_ratio", [0, 1, 2, 4])
+    buffer = trial.suggest_categorical("buffer_size", [10_000, 50_000, 100_000])
+    return {"lr": trial.suggest_float("lr", 1e-5, 3e-3, log=True), "n_steps": n_steps,
+            "gamma": trial.suggest_categorical("gamma", [0.95, 0.98, 0.99, 0.995]),
+            "ent_coef": trial.suggest_float("ent_coef", 1e-8, 0.05, log=True),
+            "c": trial.suggest_categorical("c", [1.0, 5.0, 10.0]),
+            "replay_ratio": replay_ratio,
+            "buffer_size": max(buffer, n_steps * cfg.n_envs),  # at least one segment
+            "replay_start": min(1000, max(buffer, n_steps * cfg.n_envs)),
+            "trust_region": trial.suggest_categorical("trust_region", [True, False]),
+            "delta": trial.suggest_categorical("delta", [0.1, 0.5, 1.0, 2.0]),
+            "optimizer": trial.suggest_categorical("optimizer", ["rmsprop", "adam"])}
+
+
+def _net(trial) -> dict:
+    return {"hidden": trial.suggest_categorical("net.hidden", ["64,64", "128,128", "256,256", "256"]),
+            "activation": trial.suggest_categorical("net.activation", ["tanh", "relu"])}
+
+
+SPACES = {"ppo": _ppo, "a2c": _a2c, "acer": _acer}  # by update rule
+
+
+def sample(trial, algo: str, cfg) -> dict:
+    """The overrides of one trial: {'ppo': {...}, 'net': {...}} (the network only for an MLP).
+    ``n_steps`` is capped so one round of updates fits in the budget."""
+    rule = RULE_OF[algo]
+    values = SPACES[rule](trial, cfg)
+    envs = cfg.n_envs * (cfg.workers if cfg.runner == "async" else 1)
+    values["n_steps"] = max(1, min(values["n_steps"], cfg.steps // envs))
+    if "batch_size" in values:
+        values["batch_size"] = min(values["batch_size"], values["n_steps"] * cfg.n_envs)
+    out = {rule: values}
+    if cfg.net.type == "mlp":
+        net = _net(trial)
+        out["net"] = {"hidden": [int(h) for h in net["hidden"].split(",")], "activation": net["activation"]}
+    return out
+
+
+def tune(algo: str, env: str, trials: int, steps: Optional[int] = None, storage: Optional[str] = None,
+         timeout: Optional[float] = None, out: Optional[str | Path] = None, net: Optional[str] = None,
+         env_kwargs: Optional[dict] = None, seed: int = 0, log: Callable[[str], None] = print) -> dict:
+    try:
+        import optuna
+    except ImportError:
+        raise ContrlError('contrl tune needs Optuna: pip install "contrl[tune]" (or pip install optuna)') from None
+    if algo not in ALGOS:
+        raise ContrlError(f"unknown algorithm '{algo}'; available: {', '.join(ALGOS)}")
+    if trials < 1:
+        raise ContrlError(f"--trials must be >= 1, got {trials}")
+    base = build_config(algo, env, steps=steps, seed=seed, env_kwargs=env_kwargs, net=net)  # bad input fails here
+    out = Path(out) if out is not None else Path("runs") / f"tune-{algo}-{base.env.split('/')[-1].split(':')[-1]}"
+    out.mkdir(parents=True, exist_ok=True)
+    storage = storage or f"sqlite:///{out / 'study.db'}"
+    study_name = f"{algo}-{base.env}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True, direction="maximize",
+                                    sampler=optuna.samplers.TPESampler(seed=seed + len(_done(optuna, storage,
+                                                                                             study_name))),
+                                    pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0))
+    except (ValueError, ImportError, optuna.exceptions.OptunaError) as e:
+        raise ContrlError(f"cannot open the study in '{storage}' ({type(e).__name__}: {e}); give --storage "
+                          f"sqlite:///FILE.db") from None
+    from contrl.api import train
+    from contrl.runners.sync import Interrupted
+
+    def objective(trial) -> float:
+        overrides = sample(trial, algo, base)
+        flat = {f"{sec}.{k}": v for sec, values in overrides.items() for k, v in values.items()}
+        flat.update({"eval_episodes": 5, "final_eval_episodes": 10})
+        trial.set_user_attr("overrides", json.dumps(flat))
+
+        def hook(step: int, mean: float) -> None:
+            trial.report(mean, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at step {step:,} (eval {mean:.1f})")
+
+        run = out / f"trial-{trial.number:04d}"
+        try:
+            agent = train(algo, env, steps=base.steps, seed=seed, env_kwargs=env_kwargs, net=net, overrides=flat,
+                          out=run, force=True, quiet=True, tensorboard=False, eval_hook=hook)
+        except Interrupted:
+            raise KeyboardInterrupt from None
+        except ContrlError as e:  # values that do not fit together: recorded as pruned, with the reason
+            log(f"  trial {trial.number}: not run ({e})")
+            raise optuna.TrialPruned(str(e)) from None
+        value = agent.summary["final_eval"]["mean"]
+        log(f"  trial {trial.number}: {value:.2f}")
+        return value
+
+    before = len(study.trials)
+    study.optimize(objective, n_trials=trials, timeout=timeout,
+                   callbacks=[lambda s, t: t.state.name == "PRUNED" and log(f"  trial {t.number}: pruned")])
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    if not done:
+        raise ContrlError(f"no trial of study '{study_name}' has completed yet; run more trials")
+    best = study.best_trial
+    preset = _preset(base, json.loads(best.user_attrs["overrides"]))
+    header = (f"# contrl tune {algo} on {base.env}: best of {len(done)} completed trial(s) "
+              f"(trial {best.number}, final eval {best.value:.2f} at {base.steps:,} steps)\n")
+    (out / "best.yaml").write_text(header + yaml.safe_dump(preset, sort_keys=False))
+    _plot(study, out / "study.png", f"{algo} on {base.env}")
+    log(f"study '{study_name}' in {storage}: {len(study.trials) - before} new trial(s), {len(study.trials)} in all "
+        f"({len(done)} completed); best {best.value:.2f} (trial {best.number}) -> {out / 'best.yaml'}, "
+        f"{out / 'study.png'}")
+    return {"best_value": best.value, "best_trial": best.number, "trials": len(study.trials),
+            "preset": str(out / "best.yaml"), "study": study_name, "storage": storage}
+
+
+def _done(optuna, storage: str, name: str) -> list:
+    """Trials already in the study (so a continued study's sampler does not repeat the first draws)."""
+    try:
+        return optuna.load_study(study_name=name, storage=storage).trials
+    except (KeyError, ValueError, optuna.exceptions.OptunaError):
+        return []
+
+
+def _preset(base, flat: dict) -> dict:
+    """A preset YAML mapping: the env, its kwargs, steps, and the tuned keys by section."""
+    preset: dict = {"env": base.env}
+    if base.env_kwargs:
+        preset["env_kwargs"] = dict(base.env_kwargs)
+    preset["steps"] = base.steps
+    for key, value in flat.items():
+        sec, _, name = key.partition(".")
+        if sec not in (RULE_OF[base.algo], "net"):  # run keys of the search (eval episodes) stay out
+            continue
+        preset.setdefault(sec, {})[name] = value
+    return preset
+
+
+def _plot(study, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    done = [(t.number, t.value) for t in study.trials if t.state.name == "COMPLETE"]
+    pruned = [(t.number, t.intermediate_values[max(t.intermediate_values)]) for t in study.trials
+              if t.state.name == "PRUNED" and t.intermediate_values]
+    if done:
+        ax.scatter(*zip(*done), label="completed (final eval)")
+        best, line = -float("inf"), []
+        for n, v in sorted(done):
+            best = max(best, v)
+            line.append((n, best))
+        ax.step(*zip(*line), where="post", label="best so far", color="black")
+    if pruned:
+        ax.scatter(*zip(*pruned), marker="x", color="grey", label="pruned (last eval)")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("return")
+    ax.set_title(f"contrl tune: {title}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,47 @@
+"""contrl tune: three tiny trials write a preset that trains, a second call continues the same
+study, and the evaluation hook that prunes trials stops a run."""
+
+import pytest
+import yaml
+
+from contrl.api import train
+
+
+def test_tune_writes_a_preset_that_trains_and_continues_the_study(run_cli, tmp_path):
+    args = ("tune", "ppo", "--env", "CartPole-v1", "--steps", "2048", "--out", tmp_path / "study")
+    p = run_cli(*args, "--trials", "3", check=0)
+    assert "3 new trial(s), 3 in all" in p.stdout, p.stdout
+    preset = yaml.safe_load((tmp_path / "study" / "best.yaml").read_text())
+    assert preset["env"] == "CartPole-v1" and preset["steps"] == 2048
+    assert {"lr", "n_steps", "batch_size", "gamma"} <= set(preset["ppo"]) and "hidden" in preset["net"]
+    assert (tmp_path / "study" / "study.png").stat().st_size > 5000
+    p = run_cli("train", "ppo", "--preset", tmp_path / "study" / "best.yaml", "--out", "tuned", "--quiet",
+                "--no-tensorboard", check=0)
+    assert "final evaluation" in p.stdout
+    p = run_cli(*args, "--trials", "2", check=0)
+    assert "2 new trial(s), 5 in all" in p.stdout, p.stdout
+
+
+class Stop(Exception):
+    pass
+
+
+def test_eval_hook_sees_every_evaluation_and_can_stop_the_run(tmp_path):
+    seen = []
+
+    def hook(step, mean):
+        seen.append((step, mean))
+        if len(seen) == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train("ppo", "CartPole-v1", steps=8192, seed=0, out=tmp_path / "run", quiet=True, tensorboard=False,
+              overrides={"n_envs": 2, "n_steps": 256, "batch_size": 256, "n_epochs": 1, "eval_every": 1024,
+                         "eval_episodes": 1}, eval_hook=hook)
+    assert [s for s, _ in seen] == [1024, 2048]
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_tune_bad_algo_one_line(run_cli):
+    p = run_cli("tune", "dqn", "--env", "CartPole-v1", "--trials", "1")
+    assert p.returncode == 2 and "unknown algorithm 'dqn'" in p.stderr and "Traceback" not in p.stderr
