@@ -9,7 +9,8 @@ that fixes each missing piece:
   training run through contrl itself;
 - the rest (reported, exit code unaffected): torch threads, TensorBoard, headless rendering
   (one LunarLander frame and one MuJoCo frame, in a subprocess with the GL back-end in force,
-  trying OSMesa where EGL fails), and the video writer (an mp4 through imageio-ffmpeg).
+  trying OSMesa where EGL fails), the video writer (an mp4 through imageio-ffmpeg), and the
+  optional gymnasium-robotics (FetchReach steps; "-" when it is not installed).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 TORCH_PIN = "2.13.0"
 TORCH_FIX = f"pip install torch=={TORCH_PIN} --index-url https://download.pytorch.org/whl/cpu"
@@ -30,7 +31,7 @@ TORCH_FIX = f"pip install torch=={TORCH_PIN} --index-url https://download.pytorc
 @dataclass
 class Check:
     name: str
-    ok: bool
+    ok: Optional[bool]  # None: an optional piece that is not installed
     detail: str
     fix: str = ""
     core: bool = True
@@ -211,8 +212,33 @@ def check_video() -> Check:
         return Check("video writer", False, f"writing an mp4 failed: {type(e).__name__}: {e}", fix, core=False)
 
 
+def check_robotics() -> Check:
+    """gymnasium-robotics (optional): goal-conditioned tasks with Dict observations, e.g. FetchReach."""
+    robotics = _import("gymnasium_robotics")
+    if robotics is None:
+        return Check("gymnasium-robotics", None, "not installed (optional: FetchReach and the other robotics tasks; "
+                                                 "pip install gymnasium-robotics)", core=False)
+    try:
+        import gymnasium as gym
+
+        gym.register_envs(robotics)
+        from contrl.envs.make import make_env
+
+        env = make_env("FetchReach-v4")
+        env.reset(seed=0)
+        env.step(env.action_space.sample())
+        env.close()
+    except Exception as e:  # noqa: BLE001
+        return Check("gymnasium-robotics", False, f"{_version(robotics)} installed, but FetchReach-v4 failed "
+                                                  f"({type(e).__name__}: {str(e) or 'an assertion inside the package'})",
+                     "use versions of gymnasium-robotics and mujoco that work together (see its release notes)",
+                     core=False)
+    return Check("gymnasium-robotics", True, f"{_version(robotics)}: FetchReach-v4 steps (Dict observations, "
+                                             f"flattened by contrl)", core=False)
+
+
 CHECKS: list[Callable] = [check_python, check_torch, check_packages, check_box2d, check_mujoco, check_contrl,
-                          check_rendering, check_video]
+                          check_rendering, check_video, check_robotics]
 
 
 def run(out: Callable[[str], None] = print) -> int:
@@ -222,15 +248,15 @@ def run(out: Callable[[str], None] = print) -> int:
         got = fn()
         for c in got if isinstance(got, list) else [got]:
             results.append(c)
-            tag = "ok" if c.ok else ("FAIL" if c.core else "warn")
+            tag = "-" if c.ok is None else "ok" if c.ok else ("FAIL" if c.core else "warn")
             out(f"{tag:<5} {c.name}: {c.detail}")
-            if not c.ok and c.fix:
+            if c.ok is False and c.fix:
                 out(f"      fix: {c.fix}")
-    broken = [c.name for c in results if c.core and not c.ok]
-    warned = [c.name for c in results if not c.core and not c.ok]
+    broken = [c.name for c in results if c.core and c.ok is False]
+    warned = [c.name for c in results if not c.core and c.ok is False]
     if broken:
         out(f"contrl doctor: the core is broken ({', '.join(broken)}); run the fixes above")
         return 1
-    out("contrl doctor: the core works" + (f"; optional pieces missing: {', '.join(warned)}" if warned else
+    out("contrl doctor: the core works" + (f"; optional pieces missing or broken: {', '.join(warned)}" if warned else
                                            "; everything checked works"))
     return 0

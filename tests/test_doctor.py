@@ -36,7 +36,7 @@ def test_missing_optional_piece_warns_and_passes(monkeypatch):
     code, lines = _run(monkeypatch, [doctor.check_python, doctor.check_video], ["imageio_ffmpeg"])
     assert code == 0
     assert lines[1].startswith("warn  video writer:") and lines[2] == "      fix: pip install imageio imageio-ffmpeg"
-    assert lines[-1] == "contrl doctor: the core works; optional pieces missing: video writer"
+    assert lines[-1] == "contrl doctor: the core works; optional pieces missing or broken: video writer"
 
 
 def test_missing_box2d_and_torch(monkeypatch):
@@ -44,3 +44,9 @@ def test_missing_box2d_and_torch(monkeypatch):
     assert code == 1
     assert lines[0].startswith("FAIL  Box2D") and "gymnasium[box2d]" in lines[1]
     assert lines[2].startswith("FAIL  torch: not importable") and "torch==2.13.0" in lines[3]
+
+
+def test_optional_robotics_not_installed_is_neither_ok_nor_a_warning(monkeypatch):
+    code, lines = _run(monkeypatch, [doctor.check_robotics], ["gymnasium_robotics"])
+    assert code == 0 and lines[0].startswith("-     gymnasium-robotics: not installed (optional")
+    assert lines[-1] == "contrl doctor: the core works; everything checked works"
