@@ -217,7 +217,7 @@ def check_robotics() -> Check:
     robotics = _import("gymnasium_robotics")
     if robotics is None:
         return Check("gymnasium-robotics", None, "not installed (optional: FetchReach and the other robotics tasks; "
-                                                 "pip install gymnasium-robotics)", core=False)
+                                                 'pip install "contrl[robotics]")', core=False)
     try:
         import gymnasium as gym
 
@@ -231,7 +231,7 @@ def check_robotics() -> Check:
     except Exception as e:  # noqa: BLE001
         return Check("gymnasium-robotics", False, f"{_version(robotics)} installed, but FetchReach-v4 failed "
                                                   f"({type(e).__name__}: {str(e) or 'an assertion inside the package'})",
-                     "use versions of gymnasium-robotics and mujoco that work together (see its release notes)",
+                     'pip install "contrl[robotics]" (it pins mujoco < 3.3, which gymnasium-robotics 1.4 needs)',
                      core=False)
     return Check("gymnasium-robotics", True, f"{_version(robotics)}: FetchReach-v4 steps (Dict observations, "
                                              f"flattened by contrl)", core=False)

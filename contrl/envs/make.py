@@ -31,19 +31,15 @@ def resolve_env(env: str) -> str:
     """Return a registered Gymnasium id for ``env`` (registering ``module:Class`` on the fly)."""
     if ":" in env and not env.startswith("ale_py"):
         module_name, _, cls_name = env.partition(":")
-        if cls_name in gym.registry:  # gymnasium's own "module:EnvId" form
-            try:
-                importlib.import_module(module_name)
-            except Exception as e:  # noqa: BLE001 - reported as one line
-                raise ContrlError(f"cannot import module '{module_name}' ({e}); check the name and that it is installed") from None
-            return cls_name
         try:
             module = importlib.import_module(module_name)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - reported as one line
             raise ContrlError(
                 f"cannot import module '{module_name}' for env '{env}' ({type(e).__name__}: {e}); "
                 f"check the module path and that it is installed"
             ) from None
+        if cls_name in gym.registry:  # gymnasium's own "module:EnvId" form (gymnasium_robotics:FetchReach-v4)
+            return cls_name
         cls = getattr(module, cls_name, None)
         if cls is None:
             raise ContrlError(f"module '{module_name}' has no class '{cls_name}'; check the name after ':'")
