@@ -47,7 +47,7 @@ from contrl.record.checkpoint import load_checkpoint, save_checkpoint
 from contrl.record.compute import ComputeMeter
 from contrl.record.logger import Logger, StatsWindow
 from contrl.runners.collect import collect
-from contrl.runners.sync import Interrupted, Runner, explained_variance
+from contrl.runners.sync import Interrupted, Runner, update_from
 from contrl.storage.replay import ReplayBuffer, behaviour_dim
 from contrl.storage.rollout import Rollout
 
@@ -159,13 +159,7 @@ def _worker(idx: int, launch: dict, cfg_json: str, global_model, opt_state: dict
                 obs_norm.sync()
             rule.set_progress(global_step / cfg.steps)
             last_values = collect(agent, venv, rollout, gen, scaler, on_step, rnn_state)
-            if mu_dim:  # ACER computes its own (Retrace) targets
-                stats = rule.update(rollout, gen)
-            else:
-                rollout.finish(last_values, rule_cfg.gamma, rule_cfg.gae_lambda)
-                stats = rule.update(rollout, gen)
-                stats["explained_variance"] = explained_variance(rollout.values.flatten(),
-                                                                 rollout.returns.flatten())
+            stats = update_from(rule, rollout, last_values, gen)
             counters[idx, 0] += seg
             counters[idx, 1] += 1 + stats.get("replay_updates", 0)
             window.add(stats, seg)

@@ -54,6 +54,18 @@ def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
     return float("nan") if var == 0 else float(1 - (target - pred).var() / var)
 
 
+def update_from(rule, rollout: Rollout, last_values: torch.Tensor, generator: torch.Generator) -> dict:
+    """The rule's update on a collected rollout: GAE first for the on-policy rules (PPO, A2C); ACER
+    (``stores_behaviour``) computes its own Retrace targets. Both runners call this."""
+    if getattr(rule, "stores_behaviour", False):
+        return rule.update(rollout, generator)
+    p = rule.cfg
+    rollout.finish(last_values, p.gamma, p.gae_lambda)
+    stats = rule.update(rollout, generator)
+    stats["explained_variance"] = explained_variance(rollout.values.flatten(), rollout.returns.flatten())
+    return stats
+
+
 class Runner:
     """What every runner shares: its settings and the Ctrl-C protocol (the first Ctrl-C asks for a
     clean stop after the current update, the second stops at once)."""
@@ -182,13 +194,7 @@ class SyncRunner(Runner):
                     lr = rule.set_progress(step / cfg.steps)
                     last_values = collect(agent, venv, rollout, gen, scaler, on_step, rnn_state)
                     step += per_iter
-                    if mu_dim:  # ACER computes its own (Retrace) targets
-                        stats = rule.update(rollout, gen)
-                    else:
-                        rollout.finish(last_values, algo_cfg.gamma, algo_cfg.gae_lambda)
-                        stats = rule.update(rollout, gen)
-                        stats["explained_variance"] = explained_variance(rollout.values.flatten(),
-                                                                         rollout.returns.flatten())
+                    stats = update_from(rule, rollout, last_values, gen)
                     iteration += 1
                     window.add(stats, per_iter)
                     crossed = lambda every: step // every > (step - per_iter) // every  # noqa: E731
