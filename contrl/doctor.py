@@ -10,12 +10,14 @@ that fixes each missing piece:
 - the rest (reported, exit code unaffected): torch threads, TensorBoard, headless rendering
   (one LunarLander frame and one MuJoCo frame, in a subprocess with the GL back-end in force,
   trying OSMesa where EGL fails), the video writer (an mp4 through imageio-ffmpeg), and the
-  optional gymnasium-robotics (FetchReach steps; "-" when it is not installed).
+  optional gymnasium-robotics (FetchReach steps) and Ray (a local Ray with 1 CPU runs a task);
+  "-" marks an optional piece that is not installed.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -237,8 +239,31 @@ def check_robotics() -> Check:
                                              f"flattened by contrl)", core=False)
 
 
+_RAY = """
+import ray
+ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+print(ray.get(ray.remote(lambda: ray.__version__).remote()))
+ray.shutdown()
+"""
+
+
+def check_ray() -> Check:
+    """Ray (optional): contrl's Ray runner is not built yet; this reports whether a local Ray starts."""
+    if importlib.util.find_spec("ray") is None:
+        return Check("ray", None, "not installed (optional; contrl's Ray runner is not built yet)", core=False)
+    try:
+        p = subprocess.run([sys.executable, "-c", _RAY], capture_output=True, text=True, timeout=180)
+    except subprocess.TimeoutExpired:
+        return Check("ray", False, "a local Ray (1 CPU) did not start within 180 s", "pip install -U ray", core=False)
+    if p.returncode != 0:
+        lines = (p.stderr or "").strip().splitlines()
+        return Check("ray", False, f"a local Ray (1 CPU) failed: {lines[-1] if lines else p.returncode}",
+                     "pip install -U ray", core=False)
+    return Check("ray", True, f"{p.stdout.strip().splitlines()[-1]}: a local Ray (1 CPU) ran a task", core=False)
+
+
 CHECKS: list[Callable] = [check_python, check_torch, check_packages, check_box2d, check_mujoco, check_contrl,
-                          check_rendering, check_video, check_robotics]
+                          check_rendering, check_video, check_robotics, check_ray]
 
 
 def run(out: Callable[[str], None] = print) -> int:

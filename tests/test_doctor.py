@@ -50,3 +50,12 @@ def test_optional_robotics_not_installed_is_neither_ok_nor_a_warning(monkeypatch
     code, lines = _run(monkeypatch, [doctor.check_robotics], ["gymnasium_robotics"])
     assert code == 0 and lines[0].startswith("-     gymnasium-robotics: not installed (optional")
     assert lines[-1] == "contrl doctor: the core works; everything checked works"
+
+
+def test_optional_ray_not_installed(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    code, lines = _run(monkeypatch, [doctor.check_ray], [])
+    assert code == 0 and lines[0].startswith("-     ray: not installed (optional")
