@@ -90,19 +90,10 @@ def check_packages() -> list[Check]:
 
 
 def _random_steps(env_id: str, steps: int) -> float:
-    import gymnasium as gym
+    """Random-action steps per second (the same probe vec=auto uses)."""
+    from contrl.envs.vec import env_step_seconds
 
-    env = gym.make(env_id)
-    env.reset(seed=0)
-    env.action_space.seed(0)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        _, _, term, trunc, _ = env.step(env.action_space.sample())
-        if term or trunc:
-            env.reset()
-    dt = time.perf_counter() - t0
-    env.close()
-    return steps / max(dt, 1e-9)
+    return 1.0 / max(env_step_seconds(env_id, {}, steps), 1e-9)
 
 
 def check_box2d() -> Check:
