@@ -90,7 +90,12 @@ def train(
     if not quiet:
         log(("resuming" if resume is not None else "training") + f" {cfg.algo} on {cfg.env} -> {run_dir}")
         log(f"config (preset: {cfg.preset or 'none'}):\n{cfg.to_json()}")
-    runner_cls = AsyncRunner if cfg.runner == "async" else SyncRunner
+    if cfg.runner == "ray":
+        from contrl.runners.ray_runner import ray_runner
+
+        runner_cls = ray_runner(cfg)
+    else:
+        runner_cls = AsyncRunner if cfg.runner == "async" else SyncRunner
     runner = runner_cls(cfg, run_dir, resume=resume is not None, quiet=quiet, tensorboard=tensorboard,
                         eval_hook=eval_hook)
     agent, summary = runner.run()

@@ -39,6 +39,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         overrides = {"power_watts": a.power_watts, **overrides}
     if a.runner is not None:
         overrides = {"runner": a.runner, **overrides}
+    if a.ray_address is not None:
+        overrides = {"ray_address": a.ray_address, **overrides}
     if a.buffer_size is not None:
         if (a.algo or "") != "acer":
             raise ContrlError("--buffer-size applies to acer (the replay memory); drop it for other algorithms")
@@ -151,9 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--env", help="Gymnasium id (LunarLander-v3) or package.module:ClassName")
     t.add_argument("--steps", type=float, help="total environment steps (1e6 or 1000000)")
     t.add_argument("--seed", type=int)
-    t.add_argument("--workers", type=int, help="a3c: worker processes (default 2)")
-    t.add_argument("--runner", choices=["sync", "async"],
-                   help="acer: sync (N envs in lock-step, one learner; default) or async (Hogwild --workers)")
+    t.add_argument("--workers", type=int, help="async/ray runners: worker processes or Ray actors (default 2)")
+    t.add_argument("--runner", choices=["sync", "async", "ray"],
+                   help="sync: n_envs envs in lock-step, one learner (ppo, a2c, acer default); async: Hogwild "
+                        "--workers (a3c default, acer); ray: --workers Ray actors x n_envs envs (every algorithm; "
+                        'pip install "contrl[ray]")')
+    t.add_argument("--ray-address", metavar="ADDR",
+                   help="ray runner: join a running Ray cluster (auto, or HOST:PORT); default: a local Ray for the run")
     t.add_argument("--power-watts", type=float, metavar="W",
                    help="estimate energy as CPU-seconds x W (watts per busy core; e.g. 15 for a laptop core)")
     t.add_argument("--buffer-size", type=float, metavar="N",

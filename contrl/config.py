@@ -133,7 +133,7 @@ class Config:
     """One training run."""
 
     algo: str = "ppo"
-    runner: str = ""  # sync | async (--runner); empty: the algorithm's own (a3c async, the others sync)
+    runner: str = ""  # sync | async | ray (--runner); empty: the algorithm's own (a3c async, the others sync)
     env: str = "LunarLander-v3"  # Gymnasium id, or package.module:ClassName
     env_kwargs: dict = field(default_factory=dict)  # passed to gymnasium.make
     steps: int = 1_000_000  # total environment steps (all envs)
@@ -150,8 +150,10 @@ class Config:
     log_every: int = 0  # a progress.csv row every N steps (0: per update, >= 1,000 steps; a3c: ~1 s)
     power_watts: float = 0.0  # watts per busy core for the energy estimate (CPU-s x W; 0: off)
     threads: int = 1  # torch intra-op threads (tiny nets are fastest on one); per worker for a3c
-    workers: int = 2  # a3c: worker processes (each steps n_envs envs and updates the shared model)
-    max_restarts: int = 3  # a3c: restarts of a dead worker before the run stops with an error
+    workers: int = 2  # async/ray runners: worker processes or Ray actors, each stepping n_envs envs
+    max_restarts: int = 3  # async/ray runners: restarts of a dead worker before the run stops with an error
+    ray_address: str = ""  # ray runner: auto | HOST:PORT joins a cluster; empty: a local Ray for the run
+    ray_cpus: float = 1.0  # ray runner: CPUs reserved per actor (its torch threads: the whole part, >= 1)
     preset: str = ""  # preset the values came from (informational)
     net: NetConfig = field(default_factory=NetConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
@@ -185,8 +187,11 @@ class Config:
         for sec in RULE_SECTIONS:
             if sec != self.rule:
                 d.pop(sec)
-        if self.runner != "async":
+        if self.runner not in ("async", "ray"):
             for key in ASYNC_KEYS:
+                d.pop(key)
+        if self.runner != "ray":
+            for key in RAY_KEYS:
                 d.pop(key)
         if self.net.type != "lstm":
             for key in LSTM_KEYS:
@@ -315,17 +320,15 @@ def apply(cfg: Config, values: dict, source: str) -> None:
             _set(cfg, key, value)
 
 
-ASYNC_KEYS = ("workers", "max_restarts")
-# the runners each algorithm runs on (a2c on the asynchronous runner is a3c)
-RUNNERS = {"ppo": ("sync",), "a2c": ("sync",), "a3c": ("async",), "acer": ("sync", "async")}
-ASYNC_ALGOS = tuple(a for a, r in RUNNERS.items() if "async" in r)
+ASYNC_KEYS = ("workers", "max_restarts")  # the asynchronous and Ray runners' keys
+RAY_KEYS = ("ray_address", "ray_cpus")
+# the runners each algorithm runs on (a2c on the asynchronous runner is a3c; a3c on Ray sends
+# gradients, the others run the synchronous pattern on Ray actors)
+RUNNERS = {"ppo": ("sync", "ray"), "a2c": ("sync", "ray"), "a3c": ("async", "ray"), "acer": ("sync", "async", "ray")}
 
 
 def _set(cfg: Config, key: str, value: Any) -> None:
     sec, name = resolve_key(key, cfg.algo)
-    if sec is None and name in ASYNC_KEYS and cfg.algo not in ASYNC_ALGOS:
-        raise ContrlError(f"'{name}' applies to the asynchronous runner (a3c, acer --runner async); {cfg.algo} steps n_envs envs in "
-                          f"lock-step (use --set n_envs=N)")
     target = getattr(cfg, sec) if sec else cfg
     hint = _hints(type(target))[name]
     setattr(target, name, _coerce(key, value, hint))
@@ -504,7 +507,10 @@ def validate(cfg: Config) -> None:
     if cfg.rule != "acer":
         _need(0 <= p.gae_lambda <= 1, f"gae_lambda must be in [0, 1], got {p.gae_lambda}")
         _need(p.vf_coef >= 0, f"vf_coef must be >= 0, got {p.vf_coef}")
-    rollout = p.n_steps * cfg.n_envs
+    # one update's rollout: the Ray runner's synchronous pattern joins the actors' rollouts
+    joined = cfg.runner == "ray" and cfg.algo != "a3c"
+    rollout = p.n_steps * cfg.n_envs * (cfg.workers if joined else 1)
+    rl = "n_steps*n_envs*workers" if joined else "n_steps*n_envs"
     if cfg.rule == "acer":
         _need(n.seq_len == 0, f"net.seq_len applies to ppo and a2c; acer replays whole segments of n_steps "
                               f"(use --set n_steps={n.seq_len})")
@@ -519,7 +525,7 @@ def validate(cfg: Config) -> None:
         _need(p.eps > 0, f"eps must be > 0, got {p.eps}")
         if p.replay_ratio > 0:
             _need(p.buffer_size >= rollout,
-                  f"buffer_size {p.buffer_size} cannot hold one segment of n_steps*n_envs = {rollout} transitions; "
+                  f"buffer_size {p.buffer_size} cannot hold one segment of {rl} = {rollout} transitions; "
                   f"raise --buffer-size")
             _need(0 <= p.replay_start <= p.buffer_size,
                   f"replay_start {p.replay_start} must be between 0 and buffer_size {p.buffer_size}, or replay "
@@ -531,7 +537,7 @@ def validate(cfg: Config) -> None:
         _need(p.n_epochs >= 1, f"n_epochs must be >= 1, got {p.n_epochs}")
         _need(p.batch_size >= 1, f"batch_size must be >= 1, got {p.batch_size}")
         _need(p.batch_size <= rollout,
-              f"batch_size {p.batch_size} is larger than the rollout n_steps*n_envs = {rollout}; "
+              f"batch_size {p.batch_size} is larger than the rollout {rl} = {rollout}; "
               f"lower batch_size or raise n_steps/n_envs")
         _need(cfg.seq_len <= p.batch_size,
               f"net.seq_len {cfg.seq_len} is longer than batch_size {p.batch_size}, so a minibatch could not hold "
@@ -546,20 +552,30 @@ def validate(cfg: Config) -> None:
     if cfg.runner not in allowed:
         hint = " (a2c on asynchronous workers is a3c: contrl train a3c)" if cfg.algo == "a2c" else ""
         raise ContrlError(f"{cfg.algo} runs on the {' or '.join(allowed)} runner, got runner '{cfg.runner}'{hint}")
-    if cfg.runner != "async":
-        default = Config(algo=cfg.algo)
+    default = Config(algo=cfg.algo)
+    if cfg.runner not in ("async", "ray"):
         changed = [k for k in ASYNC_KEYS if getattr(cfg, k) != getattr(default, k)]
-        _need(not changed, f"'{changed[0] if changed else ''}' applies to the asynchronous runner; add --runner async "
-                           f"or drop it")
-    if cfg.runner == "async":
+        other = "async" if "async" in allowed else "ray"
+        _need(not changed, f"'{changed[0] if changed else ''}' applies to the asynchronous and Ray runners; {cfg.algo} "
+                           f"steps n_envs envs in lock-step here: add --runner {other}, or drop it (--set n_envs=N)")
+    if cfg.runner != "ray":
+        changed = [k for k in RAY_KEYS if getattr(cfg, k) != getattr(default, k)]
+        _need(not changed, f"'{changed[0] if changed else ''}' applies to the Ray runner; add --runner ray or drop it")
+    if cfg.runner in ("async", "ray"):
         _need(cfg.workers >= 1, f"workers must be >= 1, got {cfg.workers}; use e.g. --workers 2")
         _need(cfg.max_restarts >= 0, f"max_restarts must be >= 0, got {cfg.max_restarts}")
         _need(cfg.vec != "subprocess",
               f"{cfg.algo} workers step their envs in their own process; drop vec=subprocess (use more --workers)")
-        rollout *= cfg.workers
+    if cfg.runner == "async" or (cfg.runner == "ray" and cfg.algo == "a3c"):
+        rollout *= cfg.workers  # one round: every worker's segment
+    if cfg.runner == "ray":
+        _need(cfg.ray_cpus > 0, f"ray_cpus must be > 0, got {cfg.ray_cpus}; use e.g. --set ray_cpus=1")
+        addr = cfg.ray_address
+        _need(addr in ("", "auto") or (":" in addr and addr.rsplit(":", 1)[1].isdigit()),
+              f"ray_address must be auto or HOST:PORT (e.g. 10.0.0.5:6379), got '{addr}'")
     _need(cfg.steps >= rollout,
           f"steps {cfg.steps} is less than one round of updates (n_steps*n_envs"
-          f"{'*workers' if cfg.runner == 'async' else ''} = {rollout}); raise --steps")
+          f"{'*workers' if cfg.runner in ('async', 'ray') else ''} = {rollout}); raise --steps")
 
 
 def describe_keys() -> str:

@@ -37,6 +37,16 @@ class A2C:
         return lr
 
     def update(self, rollout: Rollout, generator: Optional[torch.Generator] = None) -> dict:
+        stats = self.gradients(rollout)
+        if self.targets is not self.params:  # A3C: the local gradients step the global model
+            for target, p in zip(self.targets, self.params):
+                target.grad = p.grad
+        self.optimizer.step()
+        return stats
+
+    def gradients(self, rollout: Rollout) -> dict:
+        """The clipped gradients of the loss on ``rollout`` into the model's ``.grad`` (no step; the
+        Ray runner's A3C workers send them to the learner)."""
         cfg, model = self.cfg, self.model
         batch = rollout.whole()  # every sample (recurrent: every sequence, from its stored state)
         pi_out, values = model.forward_batch(batch)
@@ -56,10 +66,6 @@ class A2C:
         loss.backward()
         if cfg.max_grad_norm > 0:
             nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm, foreach=True)
-        if self.targets is not self.params:  # A3C: the local gradients step the global model
-            for target, p in zip(self.targets, self.params):
-                target.grad = p.grad
-        self.optimizer.step()
         return {"policy_loss": policy_loss.item(), "value_loss": value_loss.item(), "entropy": entropy.item()}
 
     def state_dict(self) -> dict:

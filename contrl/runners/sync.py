@@ -97,41 +97,85 @@ class Runner:
         return best
 
 
+class LocalEnvs:
+    """The synchronous runner's envs: one vector env of ``n_envs`` in this process (or in env
+    subprocesses), stepped by the learner's own model. The Ray runner's ``RayEnvs`` has the same
+    methods, with the envs on Ray actors."""
+
+    def __init__(self, cfg: Config, log: Callable[[str], None]):
+        self.cfg = cfg
+        self.venv = make_vec(cfg.env, cfg.env_kwargs, cfg.n_envs, cfg.seed, cfg.vec, log=log)
+        self.observation_space, self.action_space = self.venv.observation_space, self.venv.action_space
+        self.obs_dim, self.n = self.venv.obs_dim, self.venv.n
+        self.n_per_update = self.n  # envs whose steps make one update
+        self.rnn_state: Optional[torch.Tensor] = None
+
+    def start(self, model) -> None:
+        self.recurrent = model.recurrent
+        self.rnn_state = model.initial_state(self.n)  # recurrent state carried across rollouts
+
+    def iterate(self, agent: Agent, rule, rollout: Rollout, gen: torch.Generator, scaler, on_step,
+                logger) -> tuple[dict, int]:
+        """One iteration: collect a rollout, run the update rule on it; returns (stats, env steps)."""
+        last_values = collect(agent, self.venv, rollout, gen, scaler,
+                              lambda t, res: on_step(t, res.episodes), self.rnn_state)
+        return update_from(rule, rollout, last_values, gen), rollout.T * self.n
+
+    def state(self, logger) -> dict:
+        """What a checkpoint needs to continue these envs exactly."""
+        return {"envs": json.dumps(self.venv.get_state()), "rnn_state": self.rnn_state.clone()}
+
+    def load_state(self, ts: dict) -> None:
+        self.venv.set_state(json.loads(ts["envs"]))
+        if self.recurrent:
+            self.rnn_state.copy_(ts["rnn_state"])
+
+    def summary(self) -> dict:
+        return {"env_seeds": [self.cfg.seed + i for i in range(self.n)]}
+
+    def close(self) -> None:
+        self.venv.close()
+
+
 class SyncRunner(Runner):
+    def make_envs(self, log: Callable[[str], None]):
+        return LocalEnvs(self.cfg, log)
+
     # -- main loop ------------------------------------------------------------------------------
     def run(self) -> tuple[Agent, dict]:
         cfg = self.cfg
         torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         algo_cfg = cfg.algo_config()
-        T, N = algo_cfg.n_steps, cfg.n_envs
-        per_iter = T * N
-        eval_every = cfg.eval_every or max(per_iter, cfg.steps // 10)
-        log_every = cfg.log_every or per_iter * -(-1000 // per_iter)  # a row every >= 1,000 steps
-        ckpt_every = cfg.checkpoint_every or eval_every
+        T = algo_cfg.n_steps
         ckpt_dir = self.run_dir / "checkpoints"
 
         log_lines: list[str] = []
-        venv = make_vec(cfg.env, cfg.env_kwargs, N, cfg.seed, cfg.vec, log=log_lines.append)
+        envs = self.make_envs(log_lines.append)
+        N = envs.n
+        per_iter = T * envs.n_per_update  # env steps per update
+        eval_every = cfg.eval_every or max(per_iter, cfg.steps // 10)
+        log_every = cfg.log_every or per_iter * -(-1000 // per_iter)  # a row every >= 1,000 steps
+        ckpt_every = cfg.checkpoint_every or eval_every
         try:
-            model = build_model(cfg, venv.observation_space, venv.action_space)
-            obs_norm = ObsNormalizer(venv.obs_dim, cfg.clip_obs) if cfg.norm_obs else None
-            agent = Agent(cfg, model, venv.observation_space, venv.action_space, obs_norm)
+            model = build_model(cfg, envs.observation_space, envs.action_space)
+            obs_norm = ObsNormalizer(envs.obs_dim, cfg.clip_obs) if cfg.norm_obs else None
+            agent = Agent(cfg, model, envs.observation_space, envs.action_space, obs_norm)
             gen = torch.Generator().manual_seed(cfg.seed)
             scaler = RewardScaler(N, algo_cfg.gamma) if cfg.norm_reward else None
-            act_shape = () if agent.discrete else tuple(venv.action_space.shape)
+            act_shape = () if agent.discrete else tuple(envs.action_space.shape)
             mu_dim = 0
             if getattr(RULES[cfg.rule], "stores_behaviour", False):  # ACER: replay needs mu
-                mu_dim = behaviour_dim(venv.action_space)
-                rule = ACER(model, algo_cfg, N, venv.obs_dim, act_shape, mu_dim)
+                mu_dim = behaviour_dim(envs.action_space)
+                rule = ACER(model, algo_cfg, N, envs.obs_dim, act_shape, mu_dim)
                 if rule.replay is not None:
                     log_lines.append(f"replay buffer: {rule.replay.capacity:,} transitions "
                                      f"({rule.replay.segments:,} segments of {T}x{N}), "
                                      f"{rule.buffer_bytes / 2**20:.1f} MiB preallocated")
             else:
                 rule = RULES[cfg.rule](model, algo_cfg)
-            rollout = Rollout(T, N, venv.obs_dim, act_shape, model.state_size, cfg.seq_len, mu_dim)
-            rnn_state = model.initial_state(N)  # recurrent state carried across rollouts
+            rollout = Rollout(T, N, envs.obs_dim, act_shape, model.state_size, cfg.seq_len, mu_dim)
+            envs.start(model)
 
             step, iteration, best, prev_cost = 0, 0, -float("inf"), {}
             recent: deque = deque(maxlen=100)
@@ -153,9 +197,7 @@ class SyncRunner(Runner):
                 prev_cost = meta  # wall_s, cpu_s, peak_mem_mb so far
                 recent.extend(meta["recent_returns"])
                 recent_len.extend(meta["recent_lengths"])
-                venv.set_state(json.loads(ts["envs"]))
-                if model.recurrent:
-                    rnn_state.copy_(ts["rnn_state"])
+                envs.load_state(ts)
                 if step >= cfg.steps:
                     raise ContrlError(f"run already has {step:,} of {cfg.steps:,} steps; give more with --steps N")
 
@@ -170,8 +212,7 @@ class SyncRunner(Runner):
                     "rule": rule.state_dict(),
                     "generator": gen.get_state(),
                     "reward_scaler": json.dumps(scaler.state_dict()) if scaler is not None else "",
-                    "envs": json.dumps(venv.get_state()),
-                    "rnn_state": rnn_state.clone(),
+                    **envs.state(logger),
                     "meta": json.dumps({
                         "step": step, "iteration": iteration, "best_eval": best, **meter.state(),
                         "recent_returns": list(recent), "recent_lengths": list(recent_len),
@@ -179,11 +220,11 @@ class SyncRunner(Runner):
                 }
                 save_checkpoint(ckpt_dir / "latest.pt", payload)
 
-            def on_step(t, res) -> None:  # during collect, step is the count before this rollout
-                if res.episodes:
-                    recent.extend(r for _, r, _ in res.episodes)
-                    recent_len.extend(n for _, _, n in res.episodes)
-                    logger.episodes(step + (t + 1) * N, meter.wall(), res.episodes)
+            def on_step(t, episodes) -> None:  # during collect, step is the count before this rollout
+                if episodes:
+                    recent.extend(r for _, r, _ in episodes)
+                    recent_len.extend(n for _, _, n in episodes)
+                    logger.episodes(step + (t + 1) * N, meter.wall(), episodes)
 
             main_thread = threading.current_thread() is threading.main_thread()
             old_handler = signal.signal(signal.SIGINT, self._on_sigint) if main_thread else None
@@ -192,12 +233,11 @@ class SyncRunner(Runner):
                 window = StatsWindow()
                 while step < cfg.steps:
                     lr = rule.set_progress(step / cfg.steps)
-                    last_values = collect(agent, venv, rollout, gen, scaler, on_step, rnn_state)
-                    step += per_iter
-                    stats = update_from(rule, rollout, last_values, gen)
+                    stats, done = envs.iterate(agent, rule, rollout, gen, scaler, on_step, logger)
+                    step += done
                     iteration += 1
-                    window.add(stats, per_iter)
-                    crossed = lambda every: step // every > (step - per_iter) // every  # noqa: E731
+                    window.add(stats, done)
+                    crossed = lambda every: step // every > (step - done) // every  # noqa: E731
                     if not (crossed(log_every) or crossed(eval_every) or crossed(ckpt_every)
                             or step >= cfg.steps or self._stop):
                         continue
@@ -221,10 +261,10 @@ class SyncRunner(Runner):
                 logger.close()
             cost = meter.summary()
         finally:
-            venv.close()
+            envs.close()
         model.eval()
         summary = {"run_dir": str(self.run_dir), "algo": cfg.algo, "env": cfg.env, "env_kwargs": cfg.env_kwargs,
-                   "seed": cfg.seed, "env_seeds": [cfg.seed + i for i in range(N)], "steps": step,
+                   "seed": cfg.seed, **envs.summary(), "steps": step,
                    **cost, "steps_per_s": step / max(cost["wall_s"], 1e-9), "best_eval": best}
         if getattr(rule, "replay", None) is not None:
             summary["replay_buffer"] = {"capacity_transitions": rule.replay.capacity,
