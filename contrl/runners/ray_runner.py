@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import uuid
 from typing import Callable
 
 import numpy as np
@@ -93,7 +94,9 @@ class _EnvActor:
 
         torch.set_num_threads(threads)
         cfg = self.cfg = config_from_dict(json.loads(cfg_json))
-        if ray.get_runtime_context().was_current_actor_reconstructed:  # restarted: do not replay the same episodes
+        # a restarted actor says so in its next result (it may have died between two requests)
+        self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        if self.restarted:  # do not replay the episodes of the first incarnation
             shift = int(np.random.SeedSequence().entropy % 1_000_000_000)
             seeds, torch_seed = [s + shift for s in seeds], torch_seed + shift
         self.venv = VecEnv(cfg.env, cfg.env_kwargs, seeds)
@@ -121,6 +124,10 @@ class _EnvActor:
         seen = self.obs_norm.seen.state_dict() if self.obs_norm is not None else None
         return last_values, episodes, seen
 
+    def _restarted(self) -> bool:
+        restarted, self.restarted = self.restarted, False
+        return restarted
+
 
 class RolloutActor(_EnvActor):
     """Synchronous pattern: returns its ``[T, n_envs]`` rollout with the weights it is sent."""
@@ -133,7 +140,8 @@ class RolloutActor(_EnvActor):
             fields.pop("states")
         if r.obs_last is not None:
             fields["obs_last"] = r.obs_last
-        return {"rollout": fields, "last_values": last_values, "episodes": episodes, "seen": seen}
+        return {"rollout": fields, "last_values": last_values, "episodes": episodes, "seen": seen,
+                "restarted": self._restarted()}
 
     def get_state(self) -> dict:
         return {"envs": self.venv.get_state(), "rnn_state": self.rnn_state.clone(), "generator": self.gen.get_state()}
@@ -159,7 +167,7 @@ class GradientActor(_EnvActor):
         self.rollout.finish(last_values, p.gamma, p.gae_lambda)
         stats = self.rule.gradients(self.rollout)
         grads = [None if q.grad is None else q.grad.clone() for q in self.rule.params]
-        return {"grads": grads, "stats": stats, "episodes": episodes, "seen": seen}
+        return {"grads": grads, "stats": stats, "episodes": episodes, "seen": seen, "restarted": self._restarted()}
 
 
 # -- the learner's side ----------------------------------------------------------------------
@@ -180,6 +188,8 @@ class _RayEnvs:
         self.n = self.W * self.k
         self.n_per_update = self.k if self.actor_cls is GradientActor else self.n
         self.restarts = [0] * self.W
+        self.counted = [False] * self.W  # a death already counted, whose restarted actor has not answered yet
+        self.run_id = uuid.uuid4().hex[:8]  # actor names: contrl-RUNID-J (ray list actors shows them)
         self.owns_ray = False
         self.actors: list = []
         need = self.W * cfg.ray_cpus
@@ -214,8 +224,8 @@ class _RayEnvs:
         cfg_json = self.cfg.to_json()
         for j in range(self.W):
             seeds = self.seeds_for(j)
-            self.actors.append(remote.options(num_cpus=self.cfg.ray_cpus, max_restarts=self.cfg.max_restarts,
-                                              max_task_retries=0).remote(cfg_json, seeds, seeds[0] + 7919, threads))
+            self.actors.append(remote.options(name=f"contrl-{self.run_id}-{j}", num_cpus=self.cfg.ray_cpus,
+                                              max_restarts=self.cfg.max_restarts, max_task_retries=0).remote(cfg_json, seeds, seeds[0] + 7919, threads))
 
     def seeds_for(self, j: int) -> list[int]:
         return actor_seeds(self.cfg, j)
@@ -223,16 +233,27 @@ class _RayEnvs:
     def start(self, model) -> None:
         self.recurrent = model.recurrent
 
-    def died(self, j: int, err: Exception, logger, what: str) -> None:
+    def died(self, j: int, reason: str, logger, what: str) -> None:
         """Count a death of actor j; the run stops past max_restarts."""
         self.restarts[j] += 1
-        reason = type(err).__name__
         message = logger.message if logger is not None else self.log
         if self.restarts[j] > self.cfg.max_restarts:
             raise ContrlError(f"ray actor {j} died {self.restarts[j]} times (last: {reason}); stopping. The last "
                               f"checkpoint is kept; fix the cause and resume with contrl train --resume RUN")
         message(f"ray actor {j} died ({reason}); Ray restarted it (restart {self.restarts[j]} of at most "
-                       f"{self.cfg.max_restarts}); its {what} was discarded and it was asked again")
+                f"{self.cfg.max_restarts}); {what}")
+
+    def failed(self, j: int, err: Exception, logger, what: str) -> None:
+        """A request to actor j failed because the actor died: count it; the caller asks again."""
+        self.counted[j] = True
+        self.died(j, type(err).__name__, logger, f"its {what} was discarded and it was asked again")
+
+    def check_restarted(self, j: int, result: dict, logger) -> None:
+        """An actor that died between two requests shows up only as a restarted actor."""
+        if result.get("restarted"):
+            if not self.counted[j]:
+                self.died(j, "found restarted", logger, "its envs started new episodes")
+            self.counted[j] = False
 
     def call_all(self, method: str, args: list, logger) -> list:
         """``actor.method(*args[j])`` on every actor; an actor that dies is asked again once restarted."""
@@ -245,10 +266,13 @@ class _RayEnvs:
                 try:
                     results[j] = ray.get(futures.pop(j))
                 except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
-                    self.died(j, e, logger, "rollout" if method == "collect" else f"'{method}' call")
+                    self.failed(j, e, logger, "rollout" if method == "collect" else f"'{method}' call")
                     futures[j] = getattr(self.actors[j], method).remote(*args[j])
+                    continue
                 except ray.exceptions.RayTaskError as e:
                     raise ContrlError(f"ray actor {j} failed in '{method}': {e.cause!r}") from None
+                if isinstance(results[j], dict):
+                    self.check_restarted(j, results[j], logger)
         return [results[j] for j in range(self.W)]
 
     def summary(self) -> dict:
@@ -307,8 +331,10 @@ class RayEnvs(_RayEnvs):
 
     def load_state(self, ts: dict) -> None:
         envs = json.loads(ts["envs"])
-        rnn = ts["rnn_state"].split(self.k)
-        self.call_all("set_state", [({"envs": envs[j], "rnn_state": rnn[j], "generator": ts["actor_generators"][j]},)
+        # copies with their own storage: views of the loaded tensors crashed the actors (ray 2.60)
+        rnn = [r.clone() for r in ts["rnn_state"].split(self.k)]
+        gens = [g.clone() for g in ts["actor_generators"]]
+        self.call_all("set_state", [({"envs": envs[j], "rnn_state": rnn[j], "generator": gens[j]},)
                                     for j in range(self.W)], None)  # the actors' deaths before the log opens go to the start-up lines
 
     def summary(self) -> dict:
@@ -348,10 +374,11 @@ class RayGradientEnvs(_RayEnvs):
                 res = ray.get(done)
                 break
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
-                self.died(j, e, logger, "gradient")
+                self.failed(j, e, logger, "gradient")
                 self._ask(j, agent)
             except ray.exceptions.RayTaskError as e:
                 raise ContrlError(f"ray actor {j} failed: {e.cause!r}") from None
+        self.check_restarted(j, res, logger)
         for p, g in zip(rule.params, res["grads"]):
             p.grad = g
         rule.optimizer.step()
