@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--runner", choices=["sync", "async", "ray"],
                    help="sync: n_envs envs in lock-step, one learner (ppo, a2c, acer default); async: Hogwild "
                         "--workers (a3c default, acer); ray: --workers Ray actors x n_envs envs (every algorithm; "
-                        'pip install "contrl[ray]")')
+                        'acer with gradient workers: --set ray_pattern=async; pip install "contrl[ray]")')
     t.add_argument("--ray-address", metavar="ADDR",
                    help="ray runner: join a running Ray cluster (auto, or HOST:PORT); default: a local Ray for the run")
     t.add_argument("--power-watts", type=float, metavar="W",

@@ -154,6 +154,7 @@ class Config:
     max_restarts: int = 3  # async/ray runners: restarts of a dead worker before the run stops with an error
     ray_address: str = ""  # ray runner: auto | HOST:PORT joins a cluster; empty: a local Ray for the run
     ray_cpus: float = 1.0  # ray runner: CPUs reserved per actor (its torch threads: the whole part, >= 1)
+    ray_pattern: str = ""  # ray runner: sync (actors return rollouts) | async (actors return gradients); empty: a3c async, the others sync
     preset: str = ""  # preset the values came from (informational)
     net: NetConfig = field(default_factory=NetConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
@@ -170,6 +171,11 @@ class Config:
 
     def algo_config(self):
         return getattr(self, self.rule)
+
+    @property
+    def ray_async(self) -> bool:
+        """On the Ray runner, the asynchronous pattern (gradient workers: a3c, acer with ray_pattern=async)."""
+        return self.runner == "ray" and (self.ray_pattern or ("async" if self.algo == "a3c" else "sync")) == "async"
 
     @property
     def seq_len(self) -> int:
@@ -321,7 +327,8 @@ def apply(cfg: Config, values: dict, source: str) -> None:
 
 
 ASYNC_KEYS = ("workers", "max_restarts")  # the asynchronous and Ray runners' keys
-RAY_KEYS = ("ray_address", "ray_cpus")
+RAY_KEYS = ("ray_address", "ray_cpus", "ray_pattern")
+RAY_PATTERNS = {"ppo": ("sync",), "a2c": ("sync",), "a3c": ("async",), "acer": ("sync", "async")}
 # the runners each algorithm runs on (a2c on the asynchronous runner is a3c; a3c on Ray sends
 # gradients, the others run the synchronous pattern on Ray actors)
 RUNNERS = {"ppo": ("sync", "ray"), "a2c": ("sync", "ray"), "a3c": ("async", "ray"), "acer": ("sync", "async", "ray")}
@@ -508,7 +515,7 @@ def validate(cfg: Config) -> None:
         _need(0 <= p.gae_lambda <= 1, f"gae_lambda must be in [0, 1], got {p.gae_lambda}")
         _need(p.vf_coef >= 0, f"vf_coef must be >= 0, got {p.vf_coef}")
     # one update's rollout: the Ray runner's synchronous pattern joins the actors' rollouts
-    joined = cfg.runner == "ray" and cfg.algo != "a3c"
+    joined = cfg.runner == "ray" and not cfg.ray_async
     rollout = p.n_steps * cfg.n_envs * (cfg.workers if joined else 1)
     rl = "n_steps*n_envs*workers" if joined else "n_steps*n_envs"
     if cfg.rule == "acer":
@@ -566,10 +573,14 @@ def validate(cfg: Config) -> None:
         _need(cfg.max_restarts >= 0, f"max_restarts must be >= 0, got {cfg.max_restarts}")
         _need(cfg.vec != "subprocess",
               f"{cfg.algo} workers step their envs in their own process; drop vec=subprocess (use more --workers)")
-    if cfg.runner == "async" or (cfg.runner == "ray" and cfg.algo == "a3c"):
+    if cfg.runner == "async" or cfg.ray_async:
         rollout *= cfg.workers  # one round: every worker's segment
     if cfg.runner == "ray":
         _need(cfg.ray_cpus > 0, f"ray_cpus must be > 0, got {cfg.ray_cpus}; use e.g. --set ray_cpus=1")
+        patterns = RAY_PATTERNS[cfg.algo]
+        _need(cfg.ray_pattern in ("",) + patterns,
+              f"ray_pattern for {cfg.algo} must be {' or '.join(patterns)}, got '{cfg.ray_pattern}'"
+              + (" (a2c with gradient workers is a3c: contrl train a3c --runner ray)" if cfg.algo == "a2c" else ""))
         addr = cfg.ray_address
         _need(addr in ("", "auto") or (":" in addr and addr.rsplit(":", 1)[1].isdigit()),
               f"ray_address must be auto or HOST:PORT (e.g. 10.0.0.5:6379), got '{addr}'")

@@ -79,10 +79,11 @@ def sample(trial, algo: str, cfg) -> dict:
     ``n_steps`` is capped so one round of updates fits in the budget."""
     rule = RULE_OF[algo]
     values = SPACES[rule](trial, cfg)
-    envs = cfg.n_envs * (cfg.workers if cfg.runner == "async" else 1)
+    envs = cfg.n_envs * (cfg.workers if cfg.runner in ("async", "ray") else 1)
     values["n_steps"] = max(1, min(values["n_steps"], cfg.steps // envs))
-    if "batch_size" in values:
-        values["batch_size"] = min(values["batch_size"], values["n_steps"] * cfg.n_envs)
+    if "batch_size" in values:  # one update's rollout: the Ray runner joins its actors' rollouts
+        values["batch_size"] = min(values["batch_size"],
+                                   values["n_steps"] * cfg.n_envs * (cfg.workers if cfg.runner == "ray" else 1))
     out = {rule: values}
     if cfg.net.type == "mlp":
         net = _net(trial)

@@ -41,8 +41,12 @@ class A2C:
         if self.targets is not self.params:  # A3C: the local gradients step the global model
             for target, p in zip(self.targets, self.params):
                 target.grad = p.grad
-        self.optimizer.step()
+        self.step()
         return stats
+
+    def step(self) -> None:
+        """The optimiser steps the gradients in ``targets``' ``.grad``."""
+        self.optimizer.step()
 
     def gradients(self, rollout: Rollout) -> dict:
         """The clipped gradients of the loss on ``rollout`` into the model's ``.grad`` (no step; the

@@ -192,26 +192,35 @@ class ACER:
 
     # -- one update on one [k, B] segment ------------------------------------------------------
     def learn(self, seg: Segment, generator: torch.Generator) -> dict:
+        stats = self.gradients(seg, generator)
+        if self.targets is not self.params:  # async: the local gradients step the global model
+            for target, p in zip(self.targets, self.params):
+                target.grad = p.grad
+        self.step()
+        return stats
+
+    def gradients(self, seg: Segment, generator: torch.Generator) -> dict:
+        """The clipped gradients of ACER's loss on ``seg`` into the model's ``.grad`` (no step; the
+        Ray runner's async ACER workers send them to the learner)."""
         if self.targets is not self.params:  # async: every update starts from the global weights
             with torch.no_grad():
                 torch._foreach_copy_(self.params, self.targets)
         loss, stats = self.loss(seg, generator)
-        # 7. step, then the average network follows
         for p in self.params:
             p.grad = None
         loss.backward()
         if self.cfg.max_grad_norm > 0:
             nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm, foreach=True)
-        if self.targets is not self.params:  # async: the local gradients step the global model
-            for target, p in zip(self.targets, self.params):
-                target.grad = p.grad
+        return stats
+
+    def step(self) -> None:
+        """7. The optimiser steps the gradients in ``targets``' ``.grad``, then the average network follows."""
         self.optimizer.step()
         if self.avg is not None:
             with torch.no_grad():
                 avg_params = list(self.avg.parameters())
                 torch._foreach_mul_(avg_params, self.cfg.avg_decay)
                 torch._foreach_add_(avg_params, self.targets, alpha=1.0 - self.cfg.avg_decay)
-        return stats
 
     def loss(self, seg: Segment, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
         """Steps 1-6: a loss whose gradient is ACER's (the policy's part already projected)."""

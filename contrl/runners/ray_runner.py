@@ -18,12 +18,14 @@ resume and Ctrl-C are the same code):
   the learner merges them. Rewards are scaled by the learner, step by step, as the synchronous
   runner does. A checkpoint holds every actor's env state, recurrent state and generator, so a
   resumed run continues exactly.
-* Asynchronous (a3c): ``workers`` gradient actors; each computes the A2C gradients on its own
-  segment with the weights it was sent and returns them; the learner applies each gradient as
-  it arrives with its optimiser (the one optimiser every worker shares) and sends that worker
-  fresh weights. Like the Hogwild runner, this is not reproducible step for step; resume
-  restores the model, the optimiser, the observation statistics and the step count, and the
-  workers start on fresh seeds.
+* Asynchronous (a3c; acer with ``ray_pattern=async``): ``workers`` gradient actors; each
+  computes the gradients of one update of its own with the weights it was sent (A2C: a new
+  segment; ACER: a new segment, or one replayed from the actor's own memory) and returns them;
+  the learner applies each gradient as it arrives with its optimiser (the one optimiser every
+  worker shares; ACER's average network follows on the learner) and sends that worker fresh
+  weights. Like the Hogwild runner, this is not reproducible step for step; resume restores
+  the model, the optimiser, the observation statistics and the step count, and the workers
+  start on fresh seeds (ACER: with empty memories).
 
 Fault tolerance: actors are created with ``max_restarts``; when one dies, Ray restarts it, its
 in-flight rollout (or gradient) is discarded, the learner asks it again and the log says so.
@@ -39,11 +41,13 @@ import os
 import uuid
 from typing import Callable
 
+import gymnasium as gym
 import numpy as np
 import torch
 
 from contrl.agent import Agent, build_model
 from contrl.algos.a2c import A2C
+from contrl.algos.acer import ACER
 from contrl.config import Config, config_from_dict
 from contrl.envs.make import make_env
 from contrl.envs.normalize import ObsNormalizer, RewardScaler, RunningMeanStd
@@ -51,7 +55,7 @@ from contrl.envs.vec import VecEnv
 from contrl.errors import ContrlError
 from contrl.runners.collect import collect
 from contrl.runners.sync import SyncRunner, update_from
-from contrl.storage.replay import behaviour_dim
+from contrl.storage.replay import ReplayBuffer, Segment, behaviour_dim
 from contrl.storage.rollout import Rollout
 
 ROLLOUT_FIELDS = ("obs", "actions", "logp", "values", "rewards", "dones", "trunc_values", "states",
@@ -64,6 +68,25 @@ def import_ray():
     except ImportError:
         raise ContrlError('--runner ray needs Ray: pip install "contrl[ray]" (or use --runner sync)') from None
     return ray
+
+
+def to_flat(tensors) -> np.ndarray:
+    """Tensors as one float32 vector: Ray ships a numpy array through its object store without
+    pickling it, where a state dict costs a pickle per tensor."""
+    with torch.no_grad():
+        return torch.cat([t.detach().reshape(-1) for t in tensors]).numpy()
+
+
+def from_flat(flat: np.ndarray, tensors) -> None:
+    """Copy a ``to_flat`` vector into ``tensors`` (same shapes, same order)."""
+    src = torch.from_numpy(np.array(flat)).split([t.numel() for t in tensors])  # a copy: Ray's arrays are read-only
+    with torch.no_grad():
+        torch._foreach_copy_(list(tensors), [v.view_as(t) for v, t in zip(src, tensors)])
+
+
+def model_tensors(model) -> list:
+    """What a copy of a model needs: its state dict's tensors (parameters and buffers)."""
+    return list(model.state_dict(keep_vars=True).values())
 
 
 def actor_seeds(cfg: Config, j: int) -> list[int]:
@@ -111,8 +134,8 @@ class _EnvActor:
         self.rollout = Rollout(rule_cfg.n_steps, n, self.venv.obs_dim, act_shape, model.state_size, cfg.seq_len, mu_dim)
         self.rnn_state = model.initial_state(n)
 
-    def _collect(self, weights: dict, obs_stats, scaler=None):
-        self.agent.model.load_state_dict(weights)
+    def _collect(self, weights: np.ndarray, obs_stats, scaler=None):
+        from_flat(weights, model_tensors(self.agent.model))
         if self.obs_norm is not None:
             self.obs_norm.begin(obs_stats)
         episodes: list = []
@@ -132,7 +155,7 @@ class _EnvActor:
 class RolloutActor(_EnvActor):
     """Synchronous pattern: returns its ``[T, n_envs]`` rollout with the weights it is sent."""
 
-    def collect(self, weights: dict, obs_stats) -> dict:
+    def collect(self, weights: np.ndarray, obs_stats) -> dict:
         last_values, episodes, seen = self._collect(weights, obs_stats)
         r = self.rollout
         fields = {name: getattr(r, name) for name in ROLLOUT_FIELDS if getattr(r, name) is not None}
@@ -153,21 +176,52 @@ class RolloutActor(_EnvActor):
 
 
 class GradientActor(_EnvActor):
-    """Asynchronous pattern (A3C): returns the A2C gradients of one segment of its own."""
+    """Asynchronous pattern: returns the gradients of one update of its own.
+
+    A3C: the A2C gradients of a new segment. ACER (as on the Hogwild runner): the actor has its
+    own replay memory; a request is answered with the on-policy gradients of a new segment, or,
+    while the Poisson(replay_ratio) replayed updates drawn after a segment are not all done,
+    with the gradients of one replayed segment (no env steps), each with the weights and the
+    average network of that request."""
 
     def __init__(self, cfg_json: str, seeds: list[int], torch_seed: int, threads: int):
         super().__init__(cfg_json, seeds, torch_seed, threads)
         rule_cfg = self.cfg.algo_config()
         self.scaler = RewardScaler(self.venv.n, rule_cfg.gamma) if self.cfg.norm_reward else None
-        self.rule = A2C(self.agent.model, rule_cfg)
+        model, n = self.agent.model, self.venv.n
+        if self.cfg.rule == "acer":
+            r = self.rollout
+            self.rule = ACER(model, rule_cfg, n, self.venv.obs_dim, tuple(r.actions.shape[2:]), r.mu.shape[-1])
+        else:
+            self.rule = A2C(model, rule_cfg)
+        self.replays = 0  # ACER: replayed updates still to do for the last segment
 
     def gradients(self, weights: dict, obs_stats) -> dict:
-        last_values, episodes, seen = self._collect(weights, obs_stats, self.scaler)
-        p = self.rule.cfg
-        self.rollout.finish(last_values, p.gamma, p.gae_lambda)
-        stats = self.rule.gradients(self.rollout)
-        grads = [None if q.grad is None else q.grad.clone() for q in self.rule.params]
-        return {"grads": grads, "stats": stats, "episodes": episodes, "seen": seen, "restarted": self._restarted()}
+        rule, acer = self.rule, self.cfg.rule == "acer"
+        if weights["avg"] is not None:
+            from_flat(weights["avg"], model_tensors(rule.avg))
+        steps, episodes, seen = 0, [], None
+        if self.replays > 0:
+            from_flat(weights["model"], model_tensors(self.agent.model))
+            self.replays -= 1
+            stats = rule.gradients(rule.replay.sample(self.venv.n, self.gen), self.gen)
+        else:
+            last_values, episodes, seen = self._collect(weights["model"], obs_stats, self.scaler)
+            steps = self.rollout.T * self.venv.n
+            if acer:
+                seg = Segment.from_rollout(self.rollout)
+                stats = rule.gradients(seg, self.gen)
+                if rule.replay is not None:
+                    rule.replay.add(seg)
+                    if rule.replay.transitions >= rule.cfg.replay_start:
+                        rate = torch.tensor(float(rule.cfg.replay_ratio), dtype=torch.float64)
+                        self.replays = int(torch.poisson(rate, generator=self.gen))
+            else:
+                self.rollout.finish(last_values, rule.cfg.gamma, rule.cfg.gae_lambda)
+                stats = rule.gradients(self.rollout)
+        grads = to_flat([q.grad if q.grad is not None else torch.zeros_like(q) for q in rule.params])
+        return {"grads": grads, "stats": stats, "steps": steps, "episodes": episodes, "seen": seen,
+                "restarted": self._restarted()}
 
 
 # -- the learner's side ----------------------------------------------------------------------
@@ -187,6 +241,7 @@ class _RayEnvs:
         self.W, self.k = cfg.workers, cfg.n_envs
         self.n = self.W * self.k
         self.n_per_update = self.k if self.actor_cls is GradientActor else self.n
+        self.learner_replay = self.actor_cls is not GradientActor  # ACER's memory: the learner's, or each actor's
         self.restarts = [0] * self.W
         self.counted = [False] * self.W  # a death already counted, whose restarted actor has not answered yet
         self.run_id = uuid.uuid4().hex[:8]  # actor names: contrl-RUNID-J (ray list actors shows them)
@@ -294,7 +349,7 @@ class RayEnvs(_RayEnvs):
     """Synchronous pattern: one ``[T, workers * n_envs]`` rollout from all the actors."""
 
     def collect(self, agent: Agent, rollout: Rollout, gen: torch.Generator, scaler, on_step, logger) -> torch.Tensor:
-        weights = self.ray.put(agent.model.state_dict())
+        weights = self.ray.put(to_flat(model_tensors(agent.model)))
         stats = agent.obs_norm.rms.state_dict() if agent.obs_norm is not None else None
         results = self.call_all("collect", [(weights, stats)] * self.W, logger)
         last_values = torch.zeros(self.n)
@@ -342,10 +397,25 @@ class RayEnvs(_RayEnvs):
 
 
 class RayGradientEnvs(_RayEnvs):
-    """Asynchronous pattern (A3C): every actor always has one gradient request in flight; the
-    learner applies them one by one as they arrive."""
+    """Asynchronous pattern (a3c, acer with ray_pattern=async): every actor always has one
+    gradient request in flight; the learner applies them one by one as they arrive."""
 
     actor_cls = GradientActor
+
+    def __init__(self, cfg: Config, log: Callable[[str], None]):
+        super().__init__(cfg, log)
+        self.replay_info = None
+        p = cfg.algo_config()
+        if cfg.rule == "acer" and p.replay_ratio > 0:
+            act_shape = () if isinstance(self.action_space, gym.spaces.Discrete) else tuple(self.action_space.shape)
+            held, nbytes = ReplayBuffer.size(p.buffer_size, p.n_steps, self.k, self.obs_dim, act_shape,
+                                             behaviour_dim(self.action_space), self._state_size())
+            self.replay_info = {"per_worker_transitions": held, "capacity_transitions": held * self.W,
+                                "bytes": nbytes * self.W}
+            log(f"replay buffer: {held:,} transitions per actor, {self.W * nbytes / 2**20:.1f} MiB preallocated in all")
+
+    def _state_size(self) -> int:
+        return build_model(self.cfg, self.observation_space, self.action_space).state_size
 
     def seeds_for(self, j: int) -> list[int]:  # fresh seeds per launch, like the Hogwild runner's workers
         seeds = list(range(self.next_seed, self.next_seed + self.k))
@@ -360,11 +430,16 @@ class RayGradientEnvs(_RayEnvs):
         stats = agent.obs_norm.rms.state_dict() if agent.obs_norm is not None else None
         self.pending[self.actors[j].gradients.remote(self.weights, stats)] = j
 
+    def _put_weights(self, agent: Agent, rule) -> None:
+        avg = getattr(rule, "avg", None)  # ACER's average policy network, for the trust region
+        self.weights = self.ray.put({"model": to_flat(model_tensors(agent.model)),
+                                     "avg": to_flat(model_tensors(avg)) if avg is not None else None})
+
     def iterate(self, agent, rule, rollout, gen, scaler, on_step, logger) -> tuple[dict, int]:
         ray = self.ray
         if not self.pending:
             self.launch()
-            self.weights = ray.put(agent.model.state_dict())
+            self._put_weights(agent, rule)
             for j in range(self.W):
                 self._ask(j, agent)
         while True:
@@ -379,18 +454,25 @@ class RayGradientEnvs(_RayEnvs):
             except ray.exceptions.RayTaskError as e:
                 raise ContrlError(f"ray actor {j} failed: {e.cause!r}") from None
         self.check_restarted(j, res, logger)
-        for p, g in zip(rule.params, res["grads"]):
-            p.grad = g
-        rule.optimizer.step()
+        grads = torch.from_numpy(res["grads"].copy()).split([q.numel() for q in rule.params])
+        for q, g in zip(rule.params, grads):
+            q.grad = g.view_as(q)
+        rule.step()
         if res["seen"] is not None:
             seen = res["seen"]
             agent.obs_norm.rms.merge(np.asarray(seen["mean"]), np.asarray(seen["var"]), seen["count"])
         base = j * self.k
         for t in sorted({e[0] for e in res["episodes"]}):
             on_step(t, [(base + i, ret, n) for tt, i, ret, n in res["episodes"] if tt == t])
-        self.weights = ray.put(agent.model.state_dict())
+        self._put_weights(agent, rule)
         self._ask(j, agent)
-        return res["stats"], rollout.T * self.k
+        return res["stats"], res["steps"]
+
+    def summary(self) -> dict:
+        out = super().summary()
+        if self.replay_info is not None:
+            out["replay_buffer"] = self.replay_info
+        return out
 
     def state(self, logger) -> dict:  # the workers start on fresh seeds after a resume (see the module doc)
         return {"next_seed": torch.tensor(self.next_seed + self.k * self.W)}
@@ -407,13 +489,13 @@ class RaySyncRunner(SyncRunner):
 
 
 class RayAsyncRunner(SyncRunner):
-    """--runner ray, asynchronous pattern (a3c)."""
+    """--runner ray, asynchronous pattern (a3c; acer with ray_pattern=async)."""
 
     def make_envs(self, log):
         return RayGradientEnvs(self.cfg, log)
 
 
 def ray_runner(cfg: Config):
-    return RayAsyncRunner if cfg.algo == "a3c" else RaySyncRunner
+    return RayAsyncRunner if cfg.ray_async else RaySyncRunner
 
 

@@ -108,6 +108,7 @@ class LocalEnvs:
         self.observation_space, self.action_space = self.venv.observation_space, self.venv.action_space
         self.obs_dim, self.n = self.venv.obs_dim, self.venv.n
         self.n_per_update = self.n  # envs whose steps make one update
+        self.learner_replay = True  # ACER's replay memory is the learner's
         self.rnn_state: Optional[torch.Tensor] = None
 
     def start(self, model) -> None:
@@ -167,7 +168,7 @@ class SyncRunner(Runner):
             mu_dim = 0
             if getattr(RULES[cfg.rule], "stores_behaviour", False):  # ACER: replay needs mu
                 mu_dim = behaviour_dim(envs.action_space)
-                rule = ACER(model, algo_cfg, N, envs.obs_dim, act_shape, mu_dim)
+                rule = ACER(model, algo_cfg, N, envs.obs_dim, act_shape, mu_dim, replay=envs.learner_replay)
                 if rule.replay is not None:
                     log_lines.append(f"replay buffer: {rule.replay.capacity:,} transitions "
                                      f"({rule.replay.segments:,} segments of {T}x{N}), "
