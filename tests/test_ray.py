@@ -103,7 +103,7 @@ def test_a3c_on_ray_learns(tmp_path):
     """A3C's asynchronous pattern on Ray: 2 gradient workers x 4 envs; the learner applies each
     gradient as it arrives and sends that worker fresh weights. As for the Hogwild runner, the
     claim is on the best checkpoint, re-evaluated on 20 unseen episodes (an untrained policy
-    scores ~10-20). Measured: MEASURED."""
+    scores ~10-20). Measured, best checkpoint re-evaluated: 500, 482.7 and 500 for seeds 0-2."""
     agent = _ray_train("a3c", 100_000, 0, tmp_path / "run", workers=2, n_envs=4)
     assert agent.summary["ray_actors"] == 2 and agent.summary["steps"] >= 100_000
     ev = contrl.load(tmp_path / "run").evaluate(episodes=20, seed=777)
@@ -114,7 +114,8 @@ def test_async_acer_on_ray_learns(tmp_path):
     """ACER's asynchronous pattern on Ray (ray_pattern=async): 2 gradient actors x 4 envs, each
     with its own replay memory, answering with on-policy or replayed gradients; the average
     network follows on the learner. The acer CartPole preset's values, 60k steps, as the
-    Hogwild test; the claim is on the best checkpoint. Measured: MEASURED."""
+    Hogwild test; the claim is on the best checkpoint. Measured, best checkpoint re-evaluated:
+    493.2, 473.6 and 497.3 for seeds 0-2 (final evaluations 399.4, 457.2 and 431.8)."""
     agent = _ray_train("acer", 60_000, 0, tmp_path / "run", workers=2, n_envs=4, ray_pattern="async")
     s = agent.summary
     assert s["ray_actors"] == 2 and s["replay_buffer"]["capacity_transitions"] == 100_000, s

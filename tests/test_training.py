@@ -65,12 +65,12 @@ def _train_cmd(out, algo, env, steps, extra=()):
 
 
 @pytest.mark.parametrize("algo,env,steps,extra", [
-    ("ppo", "CartPole-v1", 30_000, ["--set", "n_envs=4", "n_steps=128", "batch_size=128", "n_epochs=2", "eval_episodes=1",
+    ("ppo", "CartPole-v1", 15_000, ["--set", "n_envs=4", "n_steps=128", "batch_size=128", "n_epochs=2", "eval_episodes=1",
                      "final_eval_episodes=1", "checkpoint_every=512"]),
-    ("ppo", "Pendulum-v1", 30_000, ["--set", "n_envs=2", "n_steps=128", "batch_size=64", "n_epochs=2", "eval_episodes=1",
+    ("ppo", "Pendulum-v1", 12_000, ["--set", "n_envs=2", "n_steps=128", "batch_size=64", "n_epochs=2", "eval_episodes=1",
                      "final_eval_episodes=1", "norm_obs=true", "norm_reward=true", "vec=subprocess",
                      "checkpoint_every=256"]),
-    ("a2c", "Pendulum-v1", 40_000, ["--set", "n_envs=4", "eval_episodes=1", "final_eval_episodes=1",
+    ("a2c", "Pendulum-v1", 20_000, ["--set", "n_envs=4", "eval_episodes=1", "final_eval_episodes=1",
                                      "norm_obs=true", "norm_reward=true", "checkpoint_every=1000"]),
     # recurrent: the carried LSTM state is part of the checkpoint
     ("ppo", "contrl/CartPoleNoVel-v1", 20_000, ["--net", "lstm", "--set", "n_steps=64", "batch_size=128",
