@@ -154,7 +154,8 @@ class Config:
     max_restarts: int = 3  # async/ray runners: restarts of a dead worker before the run stops with an error
     ray_address: str = ""  # ray runner: auto | HOST:PORT joins a cluster; empty: a local Ray for the run
     ray_cpus: float = 1.0  # ray runner: CPUs reserved per actor (its torch threads: the whole part, >= 1)
-    ray_pattern: str = ""  # ray runner: sync (actors return rollouts) | async (actors return gradients); empty: a3c async, the others sync
+    # ray runner: sync (actors return rollouts) | async (actors return gradients); empty: a3c async, the others sync
+    ray_pattern: str = ""
     preset: str = ""  # preset the values came from (informational)
     net: NetConfig = field(default_factory=NetConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)

@@ -99,6 +99,23 @@ def test_a2c_on_ray_reaches_475_with_an_actor_killed(tmp_path):
     assert s["final_eval"]["mean"] >= 475, s
 
 
+def test_ray_actor_killed_between_rollouts_is_counted_once(tmp_path):
+    """Killed while idle (between two iterations), the actor is restarted by Ray without any
+    request failing, or the next request fails while it restarts: either way one restart is
+    counted and logged, and the run finishes."""
+    def hook(step, mean):
+        if step == 2048:
+            ray.kill(_actor(1), no_restart=False)
+
+    agent = train("ppo", "CartPole-v1", steps=8192, seed=0, out=tmp_path / "run2", quiet=True, tensorboard=False,
+                  overrides={"runner": "ray", "workers": 2, "n_envs": 4, "n_steps": 128, "batch_size": 256,
+                             "n_epochs": 1, "eval_every": 2048, "eval_episodes": 1, "final_eval_episodes": 1},
+                  eval_hook=hook)
+    s = agent.summary
+    assert s["ray_actor_restarts"] == [0, 1] and s["steps"] >= 8192, s
+    assert (tmp_path / "run2" / "messages.log").read_text().count("ray actor 1 died") == 1
+
+
 def test_a3c_on_ray_learns(tmp_path):
     """A3C's asynchronous pattern on Ray: 2 gradient workers x 4 envs; the learner applies each
     gradient as it arrives and sends that worker fresh weights. As for the Hogwild runner, the

@@ -38,7 +38,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 import uuid
+from pathlib import Path
 from typing import Callable
 
 import gymnasium as gym
@@ -231,9 +233,9 @@ class _RayEnvs:
 
     actor_cls: type = RolloutActor
 
-    def __init__(self, cfg: Config, log: Callable[[str], None]):
+    def __init__(self, cfg: Config, log: Callable[[str], None], run_dir: Path):
         self.ray = ray = import_ray()
-        self.cfg, self.log = cfg, log
+        self.cfg, self.log, self.run_dir = cfg, log, run_dir
         probe = make_env(cfg.env, cfg.env_kwargs)  # a bad env fails here, in one line, before any actor starts
         self.observation_space, self.action_space = probe.observation_space, probe.action_space
         probe.close()
@@ -279,8 +281,9 @@ class _RayEnvs:
         cfg_json = self.cfg.to_json()
         for j in range(self.W):
             seeds = self.seeds_for(j)
-            self.actors.append(remote.options(name=f"contrl-{self.run_id}-{j}", num_cpus=self.cfg.ray_cpus,
-                                              max_restarts=self.cfg.max_restarts, max_task_retries=0).remote(cfg_json, seeds, seeds[0] + 7919, threads))
+            options = dict(name=f"contrl-{self.run_id}-{j}", num_cpus=self.cfg.ray_cpus,
+                           max_restarts=self.cfg.max_restarts, max_task_retries=0)
+            self.actors.append(remote.options(**options).remote(cfg_json, seeds, seeds[0] + 7919, threads))
 
     def seeds_for(self, j: int) -> list[int]:
         return actor_seeds(self.cfg, j)
@@ -293,15 +296,29 @@ class _RayEnvs:
         self.restarts[j] += 1
         message = logger.message if logger is not None else self.log
         if self.restarts[j] > self.cfg.max_restarts:
-            raise ContrlError(f"ray actor {j} died {self.restarts[j]} times (last: {reason}); stopping. The last "
-                              f"checkpoint is kept; fix the cause and resume with contrl train --resume RUN")
+            ckpt = self.run_dir / "checkpoints" / "latest.pt"
+            kept = (f"the last checkpoint is kept in {ckpt.parent}; fix the cause and resume with contrl train "
+                    f"--resume {self.run_dir}") if ckpt.exists() else "no checkpoint was saved yet"
+            raise ContrlError(f"ray actor {j} died {self.restarts[j]} times (last: {reason}); stopping, {kept}")
         message(f"ray actor {j} died ({reason}); Ray restarted it (restart {self.restarts[j]} of at most "
                 f"{self.cfg.max_restarts}); {what}")
 
     def failed(self, j: int, err: Exception, logger, what: str) -> None:
-        """A request to actor j failed because the actor died: count it; the caller asks again."""
+        """A request to actor j failed because the actor died: count it; the caller asks again.
+
+        One death can fail several requests: the one in flight ("the actor was restarted"), then
+        those asked while Ray restarts it ("the actor is restarting"), all ``ActorUnavailableError``;
+        they count once, until the actor answers. ``ActorDiedError`` always counts: Ray raises it
+        when it will not restart the actor, so asking again fails until the count stops the run."""
+        if isinstance(err, self.ray.exceptions.ActorUnavailableError) and self.counted[j]:
+            time.sleep(0.05)  # still restarting
+            return
         self.counted[j] = True
-        self.died(j, type(err).__name__, logger, f"its {what} was discarded and it was asked again")
+        reason = type(err).__name__
+        if isinstance(err, self.ray.exceptions.ActorDiedError):  # its message ends with the cause when the
+            lines = [ln.strip() for ln in str(err).splitlines() if "Error" in ln]  # actor's start-up raised
+            reason += f": {lines[-1][:200]}" if lines else ""
+        self.died(j, reason, logger, f"its {what} was discarded and it was asked again")
 
     def check_restarted(self, j: int, result: dict, logger) -> None:
         """An actor that died between two requests shows up only as a restarted actor."""
@@ -389,8 +406,9 @@ class RayEnvs(_RayEnvs):
         # copies with their own storage: views of the loaded tensors crashed the actors (ray 2.60)
         rnn = [r.clone() for r in ts["rnn_state"].split(self.k)]
         gens = [g.clone() for g in ts["actor_generators"]]
+        # (logger None: an actor's death before the log opens goes to the start-up lines)
         self.call_all("set_state", [({"envs": envs[j], "rnn_state": rnn[j], "generator": gens[j]},)
-                                    for j in range(self.W)], None)  # the actors' deaths before the log opens go to the start-up lines
+                                    for j in range(self.W)], None)
 
     def summary(self) -> dict:
         return {"env_seeds": [s for j in range(self.W) for s in actor_seeds(self.cfg, j)], **super().summary()}
@@ -402,8 +420,8 @@ class RayGradientEnvs(_RayEnvs):
 
     actor_cls = GradientActor
 
-    def __init__(self, cfg: Config, log: Callable[[str], None]):
-        super().__init__(cfg, log)
+    def __init__(self, cfg: Config, log: Callable[[str], None], run_dir: Path):
+        super().__init__(cfg, log, run_dir)
         self.replay_info = None
         p = cfg.algo_config()
         if cfg.rule == "acer" and p.replay_ratio > 0:
@@ -485,14 +503,14 @@ class RaySyncRunner(SyncRunner):
     """--runner ray, synchronous pattern (ppo, a2c, acer)."""
 
     def make_envs(self, log):
-        return RayEnvs(self.cfg, log)
+        return RayEnvs(self.cfg, log, self.run_dir)
 
 
 class RayAsyncRunner(SyncRunner):
     """--runner ray, asynchronous pattern (a3c; acer with ray_pattern=async)."""
 
     def make_envs(self, log):
-        return RayGradientEnvs(self.cfg, log)
+        return RayGradientEnvs(self.cfg, log, self.run_dir)
 
 
 def ray_runner(cfg: Config):

@@ -1,7 +1,8 @@
 """The Ray runner on this machine: its overhead against the local runners, and steps/s vs actors.
+(Not named ray.py: run as a script, that name would shadow the ray package.)
 
-    python benchmarks/ray.py overhead --env LunarLander-v3 --steps 100000
-    python benchmarks/ray.py actors --env LunarLander-v3 --steps 100000
+    python benchmarks/on_ray.py overhead --env LunarLander-v3 --steps 100000
+    python benchmarks/on_ray.py actors --env LunarLander-v3 --steps 100000
 
 overhead: the same 8 envs and the same update rule stepped by the synchronous runner (in this
 process, then in env subprocesses) and by the Ray runner (2 actors x 4 envs, then 1 actor x 8),
