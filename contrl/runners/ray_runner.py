@@ -227,6 +227,13 @@ class GradientActor(_EnvActor):
 
 
 # -- the learner's side ----------------------------------------------------------------------
+def report_episodes(episodes: list, on_step) -> None:
+    """Episodes (t, env, return, length) to the runner's ``on_step(t, [(env, return, length)])``,
+    step by step, as the acting loop reports them."""
+    for t in sorted({e[0] for e in episodes}):
+        on_step(t, [e[1:] for e in episodes if e[0] == t])
+
+
 class _RayEnvs:
     """The envs of a Ray run, as the synchronous runner's loop sees them (``LocalEnvs``'s
     methods): starts or joins Ray, creates the actors, and restarts bookkeeping."""
@@ -347,6 +354,14 @@ class _RayEnvs:
                     self.check_restarted(j, results[j], logger)
         return [results[j] for j in range(self.W)]
 
+    def received(self, j: int, res: dict, agent: Agent) -> list:
+        """Merge what actor j's observations add to the statistics; its episodes as (t, env, return,
+        length), numbered among all the run's envs."""
+        if res["seen"] is not None:
+            seen = res["seen"]
+            agent.obs_norm.rms.merge(np.asarray(seen["mean"]), np.asarray(seen["var"]), seen["count"])
+        return [(t, j * self.k + env_i, ret, length) for t, env_i, ret, length in res["episodes"]]
+
     def summary(self) -> dict:
         return {"ray_actors": self.W, "ray_actor_restarts": list(self.restarts)}
 
@@ -379,16 +394,12 @@ class RayEnvs(_RayEnvs):
                 else:
                     getattr(rollout, name)[:, cols] = value
             last_values[cols] = res["last_values"]
-            if res["seen"] is not None:
-                seen = res["seen"]
-                agent.obs_norm.rms.merge(np.asarray(seen["mean"]), np.asarray(seen["var"]), seen["count"])
-            episodes.extend((t, j * self.k + env_i, ret, length) for t, env_i, ret, length in res["episodes"])
+            episodes.extend(self.received(j, res, agent))
         if scaler is not None:  # as the synchronous runner scales them: step by step, all envs
             dones = rollout.dones.numpy().astype(bool)
             for t in range(rollout.T):
                 rollout.rewards[t] = torch.from_numpy(scaler(rollout.rewards[t].numpy().astype(np.float64), dones[t]))
-        for t in sorted({e[0] for e in episodes}):
-            on_step(t, [e[1:] for e in episodes if e[0] == t])
+        report_episodes(episodes, on_step)
         return last_values
 
     def iterate(self, agent, rule, rollout, gen, scaler, on_step, logger) -> tuple[dict, int]:
@@ -476,12 +487,7 @@ class RayGradientEnvs(_RayEnvs):
         for q, g in zip(rule.params, grads):
             q.grad = g.view_as(q)
         rule.step()
-        if res["seen"] is not None:
-            seen = res["seen"]
-            agent.obs_norm.rms.merge(np.asarray(seen["mean"]), np.asarray(seen["var"]), seen["count"])
-        base = j * self.k
-        for t in sorted({e[0] for e in res["episodes"]}):
-            on_step(t, [(base + i, ret, n) for tt, i, ret, n in res["episodes"] if tt == t])
+        report_episodes(self.received(j, res, agent), on_step)
         self._put_weights(agent, rule)
         self._ask(j, agent)
         return res["stats"], res["steps"]
