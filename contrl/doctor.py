@@ -239,16 +239,17 @@ ray.shutdown()
 
 def check_ray() -> Check:
     """Ray (optional, `--runner ray`): whether a local Ray starts and runs a task."""
+    fix = 'pip install -U "contrl[ray]"'
     if importlib.util.find_spec("ray") is None:
-        return Check("ray", None, "not installed (optional: pip install \"contrl[ray]\" for --runner ray)", core=False)
+        return Check("ray", None, 'not installed (optional: pip install "contrl[ray]" for --runner ray)', core=False)
     try:
         p = subprocess.run([sys.executable, "-c", _RAY], capture_output=True, text=True, timeout=180)
     except subprocess.TimeoutExpired:
-        return Check("ray", False, "a local Ray (1 CPU) did not start within 180 s", "pip install -U \"contrl[ray]\"", core=False)
+        return Check("ray", False, "a local Ray (1 CPU) did not start within 180 s", fix, core=False)
     if p.returncode != 0:
         lines = (p.stderr or "").strip().splitlines()
-        return Check("ray", False, f"a local Ray (1 CPU) failed: {lines[-1] if lines else p.returncode}",
-                     "pip install -U \"contrl[ray]\"", core=False)
+        return Check("ray", False, f"a local Ray (1 CPU) failed: {lines[-1] if lines else p.returncode}", fix,
+                     core=False)
     return Check("ray", True, f"{p.stdout.strip().splitlines()[-1]}: a local Ray (1 CPU) ran a task", core=False)
 
 

@@ -178,17 +178,23 @@ class ACER:
         """The on-policy update on the new segment, then Poisson(replay_ratio) replayed ones."""
         seg = Segment.from_rollout(rollout)
         stats = [self.learn(seg, generator)]
-        n_replay = 0
-        if self.replay is not None:
-            self.replay.add(seg)
-            if self.replay.transitions >= self.cfg.replay_start:
-                rate = torch.tensor(float(self.cfg.replay_ratio), dtype=torch.float64)
-                n_replay = int(torch.poisson(rate, generator=generator))
-                for _ in range(n_replay):
-                    stats.append(self.learn(self.replay.sample(self.n_envs, generator), generator))
+        n_replay = self.store(seg, generator)
+        for _ in range(n_replay):
+            stats.append(self.learn(self.replay.sample(self.n_envs, generator), generator))
         out = {key: sum(s[key] for s in stats) / len(stats) for key in stats[0]}
         out["replay_updates"] = n_replay
         return out
+
+    def store(self, seg: Segment, generator: torch.Generator) -> int:
+        """Put a new segment in the memory; returns how many replayed updates follow it:
+        Poisson(replay_ratio) once ``replay_start`` transitions are stored, else none."""
+        if self.replay is None:
+            return 0
+        self.replay.add(seg)
+        if self.replay.transitions < self.cfg.replay_start:
+            return 0
+        rate = torch.tensor(float(self.cfg.replay_ratio), dtype=torch.float64)
+        return int(torch.poisson(rate, generator=generator))
 
     # -- one update on one [k, B] segment ------------------------------------------------------
     def learn(self, seg: Segment, generator: torch.Generator) -> dict:

@@ -213,11 +213,7 @@ class GradientActor(_EnvActor):
             if acer:
                 seg = Segment.from_rollout(self.rollout)
                 stats = rule.gradients(seg, self.gen)
-                if rule.replay is not None:
-                    rule.replay.add(seg)
-                    if rule.replay.transitions >= rule.cfg.replay_start:
-                        rate = torch.tensor(float(rule.cfg.replay_ratio), dtype=torch.float64)
-                        self.replays = int(torch.poisson(rate, generator=self.gen))
+                self.replays = rule.store(seg, self.gen)
             else:
                 self.rollout.finish(last_values, rule.cfg.gamma, rule.cfg.gae_lambda)
                 stats = rule.gradients(self.rollout)
