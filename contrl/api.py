@@ -12,8 +12,7 @@ from typing import Optional
 from contrl.agent import Agent, load
 from contrl.config import build_config, config_from_dict
 from contrl.errors import ContrlError
-from contrl.runners.hogwild import AsyncRunner
-from contrl.runners.sync import SyncRunner
+from contrl.runners.loop import Trainer
 
 __all__ = ["train", "load", "Agent"]
 
@@ -90,15 +89,9 @@ def train(
     if not quiet:
         log(("resuming" if resume is not None else "training") + f" {cfg.algo} on {cfg.env} -> {run_dir}")
         log(f"config (preset: {cfg.preset or 'none'}):\n{cfg.to_json()}")
-    if cfg.runner == "ray":
-        from contrl.runners.ray_runner import ray_runner
-
-        runner_cls = ray_runner(cfg)
-    else:
-        runner_cls = AsyncRunner if cfg.runner == "async" else SyncRunner
-    runner = runner_cls(cfg, run_dir, resume=resume is not None, quiet=quiet, tensorboard=tensorboard,
-                        eval_hook=eval_hook)
-    agent, summary = runner.run()
+    trainer = Trainer(cfg, run_dir, resume=resume is not None, quiet=quiet, tensorboard=tensorboard,
+                      eval_hook=eval_hook)
+    agent, summary = trainer.run()
     agent.summary = summary
     return agent
 

@@ -1,7 +1,8 @@
 """``contrl`` command line: train | eval | play | plot | compare | tune | doctor.
 
 Errors caused by the input print one line (``contrl: error: ...``) and exit 2, without a
-traceback. Ctrl-C during training saves a checkpoint, prints how to resume, and exits 130.
+traceback. Ctrl-C during training saves a checkpoint, prints how to resume, and exits 130
+(SIGTERM: the same, exit 143).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def _fmt_eval(ev: dict) -> str:
 def cmd_train(a: argparse.Namespace) -> int:
     from contrl.api import train
     from contrl.config import describe_keys, parse_assignments
-    from contrl.runners.sync import Interrupted
+    from contrl.errors import Interrupted
 
     if a.help_keys:
         print("config keys (--set key=value; bare names resolve to the algorithm's update rule, then net;"
@@ -53,7 +54,7 @@ def cmd_train(a: argparse.Namespace) -> int:
                       resume=a.resume, quiet=a.quiet, tensorboard=not a.no_tensorboard)
     except Interrupted as e:
         print(f"contrl: {e}", file=sys.stderr)
-        return 130
+        return e.exit_code
     s = agent.summary
     print(f"run folder: {s['run_dir']}")
     if "final_eval" in s:

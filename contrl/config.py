@@ -22,13 +22,34 @@ import yaml
 from contrl.errors import ContrlError
 
 PRESET_DIR = Path(__file__).parent / "presets"
-ALGOS = ("ppo", "a2c", "a3c", "acer")
-# the update rule (and config section) behind each algorithm name: A3C is A2C's rule on the
-# asynchronous runner, not a second copy of it
-RULE_OF = {"ppo": "ppo", "a2c": "a2c", "a3c": "a2c", "acer": "acer"}
-RUNNER_OF = {"ppo": "sync", "a2c": "sync", "a3c": "async", "acer": "sync"}  # the default runner
-# run-level defaults that differ by algorithm (applied before the preset)
-ALGO_DEFAULTS = {"a3c": {"n_envs": 1}}
+
+
+@dataclass(frozen=True)
+class Algo:
+    """What an algorithm name stands for: an update rule on a runner."""
+
+    rule: str  # the update rule, and the config section it reads
+    runners: tuple[str, ...]  # the runners it runs on; the first is its default
+    ray_patterns: tuple[str, ...] = ("sync",)  # on the Ray runner; the first is its default
+    defaults: dict = field(default_factory=dict)  # run keys that differ for it (applied before the preset)
+
+
+# A3C is A2C's rule on the asynchronous runner, not a second copy of it (a2c there is a3c); on
+# Ray, a3c sends gradients and the others run the synchronous pattern (acer can do both)
+ALGOS = {
+    "ppo": Algo("ppo", ("sync", "ray")),
+    "a2c": Algo("a2c", ("sync", "ray")),
+    "a3c": Algo("a2c", ("async", "ray"), ("async",), {"n_envs": 1}),
+    "acer": Algo("acer", ("sync", "async", "ray"), ("sync", "async")),
+}
+# the run keys that only some runners read
+RUNNER_KEYS = {"async": ("workers", "max_restarts"),
+               "ray": ("workers", "max_restarts", "ray_address", "ray_cpus", "ray_pattern")}
+
+
+def _need(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ContrlError(msg)
 
 
 @dataclass
@@ -53,9 +74,40 @@ class NetConfig:
     seq_len: int = 0  # lstm: training sequence length (truncated BPTT); 0: min(n_steps, batch_size)
 
 
+    def validate(self) -> None:
+        _need(self.type in NET_TYPES, f"net.type must be mlp or lstm, got '{self.type}'; use --net mlp or --net lstm")
+        _need(all(h >= 1 for h in self.hidden + self.post_hidden),
+              f"net.hidden and net.post_hidden must be lists of positive widths, got {self.hidden}, {self.post_hidden}")
+        _need(self.activation in ("tanh", "relu"), f"net.activation must be tanh or relu, got '{self.activation}'")
+        if self.type == "mlp":
+            _need(len(self.hidden) >= 1, f"net.hidden must be a non-empty list of widths for an MLP, got {self.hidden}")
+            changed = [k for k in LSTM_KEYS if getattr(self, k) != getattr(NetConfig(), k)]
+            _need(not changed, f"net.{changed[0] if changed else ''} applies to LSTM networks; add --net lstm or drop it")
+        else:
+            _need(self.lstm_hidden >= 1, f"net.lstm_hidden must be >= 1, got {self.lstm_hidden}")
+            _need(self.lstm_layers >= 1, f"net.lstm_layers must be >= 1, got {self.lstm_layers}")
+            _need(self.seq_len >= 0, f"net.seq_len must be >= 0 (0: automatic), got {self.seq_len}")
+
+
 # the NetConfig keys that only mean something for an LSTM network
 LSTM_KEYS = ("lstm_hidden", "lstm_layers", "critic_lstm", "post_hidden", "seq_len")
 NET_TYPES = ("mlp", "lstm")
+
+
+def _check_common(p) -> None:
+    """The keys every update rule has."""
+    _need(p.lr > 0, f"lr must be > 0, got {p.lr}; use e.g. --set lr=3e-4")
+    _need(0 < p.gamma <= 1, f"gamma must be in (0, 1], got {p.gamma}; use e.g. --set gamma=0.99")
+    _need(p.n_steps >= 1, f"n_steps must be >= 1, got {p.n_steps}")
+    _need(p.ent_coef >= 0, f"ent_coef must be >= 0, got {p.ent_coef}")
+    _need(p.max_grad_norm >= 0, f"max_grad_norm must be >= 0 (0: off), got {p.max_grad_norm}")
+
+
+def _check_optimizer(p) -> None:
+    """The keys of the optimisers in algos/optim.py (a2c, acer)."""
+    _need(p.optimizer in ("rmsprop", "adam"), f"optimizer must be rmsprop or adam, got '{p.optimizer}'")
+    _need(0 <= p.alpha < 1, f"alpha (RMSprop decay) must be in [0, 1), got {p.alpha}")
+    _need(p.eps > 0, f"eps must be > 0, got {p.eps}")
 
 
 @dataclass
@@ -78,6 +130,24 @@ class PPOConfig:
     target_kl: Optional[float] = None  # stop the epochs early past this approx KL (None: off)
     adam_eps: float = 1e-5
 
+    def validate(self, rollout: int, what: str, net: NetConfig, seq_len: int) -> None:
+        """``rollout``: the samples of one update (``what``: how they are counted)."""
+        _check_common(self)
+        _need(0 <= self.gae_lambda <= 1, f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
+        _need(self.vf_coef >= 0, f"vf_coef must be >= 0, got {self.vf_coef}")
+        _need(self.clip_range > 0, f"clip_range must be > 0, got {self.clip_range}; use e.g. --set clip_range=0.2")
+        _need(self.clip_range_vf is None or self.clip_range_vf > 0,
+              f"clip_range_vf must be > 0 or none, got {self.clip_range_vf}")
+        _need(self.n_epochs >= 1, f"n_epochs must be >= 1, got {self.n_epochs}")
+        _need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _need(self.batch_size <= rollout, f"batch_size {self.batch_size} is larger than the rollout {what} = "
+                                          f"{rollout}; lower batch_size or raise n_steps/n_envs")
+        _need(seq_len <= self.batch_size,
+              f"net.seq_len {seq_len} is longer than batch_size {self.batch_size}, so a minibatch could not hold "
+              f"one sequence; lower net.seq_len or raise batch_size")
+        _need(self.target_kl is None or self.target_kl > 0, f"target_kl must be > 0 or none, got {self.target_kl}")
+        _need(self.adam_eps > 0, f"adam_eps must be > 0, got {self.adam_eps}")
+
 
 @dataclass
 class A2CConfig:
@@ -99,6 +169,12 @@ class A2CConfig:
     optimizer: str = "rmsprop"  # rmsprop (TensorFlow-style: eps inside the sqrt) | adam
     alpha: float = 0.99  # RMSprop decay of the squared-gradient average
     eps: float = 1e-5  # RMSprop / Adam epsilon
+
+    def validate(self, rollout: int, what: str, net: NetConfig, seq_len: int) -> None:
+        _check_common(self)
+        _need(0 <= self.gae_lambda <= 1, f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
+        _need(self.vf_coef >= 0, f"vf_coef must be >= 0, got {self.vf_coef}")
+        _check_optimizer(self)
 
 
 @dataclass
@@ -126,6 +202,24 @@ class ACERConfig:
     optimizer: str = "rmsprop"  # rmsprop (TensorFlow-style: eps inside the sqrt) | adam
     alpha: float = 0.99  # RMSprop decay of the squared-gradient average
     eps: float = 1e-5  # RMSprop / Adam epsilon
+
+    def validate(self, rollout: int, what: str, net: NetConfig, seq_len: int) -> None:
+        _check_common(self)
+        _need(net.seq_len == 0, f"net.seq_len applies to ppo and a2c; acer replays whole segments of n_steps "
+                                f"(use --set n_steps={net.seq_len})")
+        _need(self.q_coef >= 0, f"q_coef must be >= 0, got {self.q_coef}")
+        _need(self.c > 0, f"c (importance-weight truncation) must be > 0, got {self.c}; use e.g. --set c=10")
+        _need(self.replay_ratio >= 0, f"replay_ratio must be >= 0 (0: on-policy only), got {self.replay_ratio}")
+        _need(self.delta > 0, f"delta (trust region) must be > 0, got {self.delta}; use e.g. --set delta=1")
+        _need(0 <= self.avg_decay < 1, f"avg_decay must be in [0, 1), got {self.avg_decay}")
+        _need(self.sdn_samples >= 1, f"sdn_samples must be >= 1, got {self.sdn_samples}")
+        _check_optimizer(self)
+        if self.replay_ratio > 0:
+            _need(self.buffer_size >= rollout, f"buffer_size {self.buffer_size} cannot hold one segment of {what} = "
+                                               f"{rollout} transitions; raise --buffer-size")
+            _need(0 <= self.replay_start <= self.buffer_size,
+                  f"replay_start {self.replay_start} must be between 0 and buffer_size {self.buffer_size}, or replay "
+                  f"never starts; lower replay_start")
 
 
 @dataclass
@@ -164,11 +258,11 @@ class Config:
 
     @property
     def rule(self) -> str:
-        return RULE_OF[self.algo]
+        return ALGOS[self.algo].rule
 
     def __post_init__(self):
         if not self.runner:
-            self.runner = RUNNER_OF.get(self.algo, "sync")
+            self.runner = ALGOS[self.algo].runners[0]
 
     def algo_config(self):
         return getattr(self, self.rule)
@@ -176,7 +270,7 @@ class Config:
     @property
     def ray_async(self) -> bool:
         """On the Ray runner, the asynchronous pattern (gradient workers: a3c, acer with ray_pattern=async)."""
-        return self.runner == "ray" and (self.ray_pattern or ("async" if self.algo == "a3c" else "sync")) == "async"
+        return self.runner == "ray" and (self.ray_pattern or ALGOS[self.algo].ray_patterns[0]) == "async"
 
     @property
     def seq_len(self) -> int:
@@ -194,12 +288,8 @@ class Config:
         for sec in RULE_SECTIONS:
             if sec != self.rule:
                 d.pop(sec)
-        if self.runner not in ("async", "ray"):
-            for key in ASYNC_KEYS:
-                d.pop(key)
-        if self.runner != "ray":
-            for key in RAY_KEYS:
-                d.pop(key)
+        for key in set(RUNNER_KEYS["ray"]) - set(RUNNER_KEYS.get(self.runner, ())):
+            d.pop(key)
         if self.net.type != "lstm":
             for key in LSTM_KEYS:
                 d["net"].pop(key)
@@ -294,7 +384,7 @@ def _all_keys() -> list[str]:
 def resolve_key(key: str, algo: str) -> tuple[Optional[str], str]:
     """Map 'lr', 'ppo.lr' or 'net.hidden' to (section or None, field). Unknown -> error."""
     top = {f.name for f in dataclasses.fields(Config)} - set(SECTIONS)
-    rule = RULE_OF.get(algo, algo)
+    rule = ALGOS[algo].rule if algo in ALGOS else algo
     if "." in key:
         sec, name = key.split(".", 1)
         if sec in SECTIONS and name in {f.name for f in dataclasses.fields(SECTIONS[sec])}:
@@ -325,14 +415,6 @@ def apply(cfg: Config, values: dict, source: str) -> None:
                 _set(cfg, f"{key}.{sub}", v)
         else:
             _set(cfg, key, value)
-
-
-ASYNC_KEYS = ("workers", "max_restarts")  # the asynchronous and Ray runners' keys
-RAY_KEYS = ("ray_address", "ray_cpus", "ray_pattern")
-RAY_PATTERNS = {"ppo": ("sync",), "a2c": ("sync",), "a3c": ("async",), "acer": ("sync", "async")}
-# the runners each algorithm runs on (a2c on the asynchronous runner is a3c; a3c on Ray sends
-# gradients, the others run the synchronous pattern on Ray actors)
-RUNNERS = {"ppo": ("sync", "ray"), "a2c": ("sync", "ray"), "a3c": ("async", "ray"), "acer": ("sync", "async", "ray")}
 
 
 def _set(cfg: Config, key: str, value: Any) -> None:
@@ -430,7 +512,7 @@ def build_config(
     if net is not None and net not in NET_TYPES:
         raise ContrlError(f"unknown network '{net}'; use --net mlp or --net lstm")
     cfg = Config(algo=algo)
-    apply(cfg, ALGO_DEFAULTS.get(algo, {}), f"{algo} defaults")
+    apply(cfg, ALGOS[algo].defaults, f"{algo} defaults")
     env_kwargs = dict(env_kwargs or {})
     if preset is None:
         preset = default_preset(algo, env or cfg.env, env_kwargs, net)
@@ -471,13 +553,9 @@ def config_from_dict(data: dict) -> Config:
     return cfg
 
 
-def _need(ok: bool, msg: str) -> None:
-    if not ok:
-        raise ContrlError(msg)
-
-
 def validate(cfg: Config) -> None:
-    """Range checks with one-line errors naming the key and the fix."""
+    """Range checks with one-line errors naming the key and the fix: the run keys here, each
+    section's own in its ``validate``."""
     _need(cfg.steps > 0, f"steps must be > 0, got {cfg.steps}; use e.g. --steps 100000")
     _need(cfg.n_envs >= 1, f"n_envs must be >= 1, got {cfg.n_envs}; use e.g. --set n_envs=8")
     _need(cfg.seed >= 0, f"seed must be >= 0, got {cfg.seed}")
@@ -492,102 +570,42 @@ def validate(cfg: Config) -> None:
     _need(cfg.threads >= 1, f"threads must be >= 1, got {cfg.threads}")
     _need(cfg.power_watts >= 0, f"power_watts must be >= 0 (0: no energy estimate), got {cfg.power_watts}; "
                                 f"use e.g. --power-watts 15")
-    n = cfg.net
-    _need(n.type in NET_TYPES, f"net.type must be mlp or lstm, got '{n.type}'; use --net mlp or --net lstm")
-    _need(all(h >= 1 for h in n.hidden + n.post_hidden),
-          f"net.hidden and net.post_hidden must be lists of positive widths, got {n.hidden}, {n.post_hidden}")
-    _need(n.activation in ("tanh", "relu"), f"net.activation must be tanh or relu, got '{n.activation}'")
-    if n.type == "mlp":
-        _need(len(n.hidden) >= 1, f"net.hidden must be a non-empty list of widths for an MLP, got {n.hidden}")
-        default = NetConfig()
-        changed = [k for k in LSTM_KEYS if getattr(n, k) != getattr(default, k)]
-        _need(not changed, f"net.{changed[0] if changed else ''} applies to LSTM networks; add --net lstm or drop it")
-    else:
-        _need(n.lstm_hidden >= 1, f"net.lstm_hidden must be >= 1, got {n.lstm_hidden}")
-        _need(n.lstm_layers >= 1, f"net.lstm_layers must be >= 1, got {n.lstm_layers}")
-        _need(n.seq_len >= 0, f"net.seq_len must be >= 0 (0: automatic), got {n.seq_len}")
-    p = cfg.algo_config()
-    _need(p.lr > 0, f"lr must be > 0, got {p.lr}; use e.g. --set lr=3e-4")
-    _need(0 < p.gamma <= 1, f"gamma must be in (0, 1], got {p.gamma}; use e.g. --set gamma=0.99")
-    _need(p.n_steps >= 1, f"n_steps must be >= 1, got {p.n_steps}")
-    _need(p.ent_coef >= 0, f"ent_coef must be >= 0, got {p.ent_coef}")
-    _need(p.max_grad_norm >= 0, f"max_grad_norm must be >= 0 (0: off), got {p.max_grad_norm}")
-    if cfg.rule != "acer":
-        _need(0 <= p.gae_lambda <= 1, f"gae_lambda must be in [0, 1], got {p.gae_lambda}")
-        _need(p.vf_coef >= 0, f"vf_coef must be >= 0, got {p.vf_coef}")
-    # one update's rollout: the Ray runner's synchronous pattern joins the actors' rollouts
-    joined = cfg.runner == "ray" and not cfg.ray_async
-    rollout = p.n_steps * cfg.n_envs * (cfg.workers if joined else 1)
-    rl = "n_steps*n_envs*workers" if joined else "n_steps*n_envs"
-    if cfg.rule == "acer":
-        _need(n.seq_len == 0, f"net.seq_len applies to ppo and a2c; acer replays whole segments of n_steps "
-                              f"(use --set n_steps={n.seq_len})")
-        _need(p.q_coef >= 0, f"q_coef must be >= 0, got {p.q_coef}")
-        _need(p.c > 0, f"c (importance-weight truncation) must be > 0, got {p.c}; use e.g. --set c=10")
-        _need(p.replay_ratio >= 0, f"replay_ratio must be >= 0 (0: on-policy only), got {p.replay_ratio}")
-        _need(p.delta > 0, f"delta (trust region) must be > 0, got {p.delta}; use e.g. --set delta=1")
-        _need(0 <= p.avg_decay < 1, f"avg_decay must be in [0, 1), got {p.avg_decay}")
-        _need(p.sdn_samples >= 1, f"sdn_samples must be >= 1, got {p.sdn_samples}")
-        _need(p.optimizer in ("rmsprop", "adam"), f"optimizer must be rmsprop or adam, got '{p.optimizer}'")
-        _need(0 <= p.alpha < 1, f"alpha (RMSprop decay) must be in [0, 1), got {p.alpha}")
-        _need(p.eps > 0, f"eps must be > 0, got {p.eps}")
-        if p.replay_ratio > 0:
-            _need(p.buffer_size >= rollout,
-                  f"buffer_size {p.buffer_size} cannot hold one segment of {rl} = {rollout} transitions; "
-                  f"raise --buffer-size")
-            _need(0 <= p.replay_start <= p.buffer_size,
-                  f"replay_start {p.replay_start} must be between 0 and buffer_size {p.buffer_size}, or replay "
-                  f"never starts; lower replay_start")
-    elif cfg.rule == "ppo":
-        _need(p.clip_range > 0, f"clip_range must be > 0, got {p.clip_range}; use e.g. --set clip_range=0.2")
-        _need(p.clip_range_vf is None or p.clip_range_vf > 0,
-              f"clip_range_vf must be > 0 or none, got {p.clip_range_vf}")
-        _need(p.n_epochs >= 1, f"n_epochs must be >= 1, got {p.n_epochs}")
-        _need(p.batch_size >= 1, f"batch_size must be >= 1, got {p.batch_size}")
-        _need(p.batch_size <= rollout,
-              f"batch_size {p.batch_size} is larger than the rollout {rl} = {rollout}; "
-              f"lower batch_size or raise n_steps/n_envs")
-        _need(cfg.seq_len <= p.batch_size,
-              f"net.seq_len {cfg.seq_len} is longer than batch_size {p.batch_size}, so a minibatch could not hold "
-              f"one sequence; lower net.seq_len or raise batch_size")
-        _need(p.target_kl is None or p.target_kl > 0, f"target_kl must be > 0 or none, got {p.target_kl}")
-        _need(p.adam_eps > 0, f"adam_eps must be > 0, got {p.adam_eps}")
-    else:
-        _need(p.optimizer in ("rmsprop", "adam"), f"optimizer must be rmsprop or adam, got '{p.optimizer}'")
-        _need(0 <= p.alpha < 1, f"alpha (RMSprop decay) must be in [0, 1), got {p.alpha}")
-        _need(p.eps > 0, f"eps must be > 0, got {p.eps}")
-    allowed = RUNNERS[cfg.algo]
-    if cfg.runner not in allowed:
+    algo = ALGOS[cfg.algo]
+    if cfg.runner not in algo.runners:
         hint = " (a2c on asynchronous workers is a3c: contrl train a3c)" if cfg.algo == "a2c" else ""
-        raise ContrlError(f"{cfg.algo} runs on the {' or '.join(allowed)} runner, got runner '{cfg.runner}'{hint}")
+        raise ContrlError(f"{cfg.algo} runs on the {' or '.join(algo.runners)} runner, got runner '{cfg.runner}'{hint}")
     default = Config(algo=cfg.algo)
-    if cfg.runner not in ("async", "ray"):
-        changed = [k for k in ASYNC_KEYS if getattr(cfg, k) != getattr(default, k)]
-        other = "async" if "async" in allowed else "ray"
-        _need(not changed, f"'{changed[0] if changed else ''}' applies to the asynchronous and Ray runners; {cfg.algo} "
-                           f"steps n_envs envs in lock-step here: add --runner {other}, or drop it (--set n_envs=N)")
-    if cfg.runner != "ray":
-        changed = [k for k in RAY_KEYS if getattr(cfg, k) != getattr(default, k)]
+    mine = RUNNER_KEYS.get(cfg.runner, ())
+    for runner, keys in RUNNER_KEYS.items():
+        changed = [k for k in keys if k not in mine and getattr(cfg, k) != getattr(default, k)]
+        if changed and runner == "async":
+            other = "async" if "async" in algo.runners else "ray"
+            raise ContrlError(f"'{changed[0]}' applies to the asynchronous and Ray runners; {cfg.algo} steps n_envs "
+                              f"envs in lock-step here: add --runner {other}, or drop it (--set n_envs=N)")
         _need(not changed, f"'{changed[0] if changed else ''}' applies to the Ray runner; add --runner ray or drop it")
-    if cfg.runner in ("async", "ray"):
+    if mine:
         _need(cfg.workers >= 1, f"workers must be >= 1, got {cfg.workers}; use e.g. --workers 2")
         _need(cfg.max_restarts >= 0, f"max_restarts must be >= 0, got {cfg.max_restarts}")
         _need(cfg.vec != "subprocess",
               f"{cfg.algo} workers step their envs in their own process; drop vec=subprocess (use more --workers)")
-    if cfg.runner == "async" or cfg.ray_async:
-        rollout *= cfg.workers  # one round: every worker's segment
     if cfg.runner == "ray":
         _need(cfg.ray_cpus > 0, f"ray_cpus must be > 0, got {cfg.ray_cpus}; use e.g. --set ray_cpus=1")
-        patterns = RAY_PATTERNS[cfg.algo]
-        _need(cfg.ray_pattern in ("",) + patterns,
-              f"ray_pattern for {cfg.algo} must be {' or '.join(patterns)}, got '{cfg.ray_pattern}'"
+        _need(cfg.ray_pattern in ("",) + algo.ray_patterns,
+              f"ray_pattern for {cfg.algo} must be {' or '.join(algo.ray_patterns)}, got '{cfg.ray_pattern}'"
               + (" (a2c with gradient workers is a3c: contrl train a3c --runner ray)" if cfg.algo == "a2c" else ""))
         addr = cfg.ray_address
         _need(addr in ("", "auto") or (":" in addr and addr.rsplit(":", 1)[1].isdigit()),
               f"ray_address must be auto or HOST:PORT (e.g. 10.0.0.5:6379), got '{addr}'")
-    _need(cfg.steps >= rollout,
-          f"steps {cfg.steps} is less than one round of updates (n_steps*n_envs"
-          f"{'*workers' if cfg.runner in ('async', 'ray') else ''} = {rollout}); raise --steps")
+    cfg.net.validate()
+    # one update's samples (the Ray runner's synchronous pattern joins the actors' rollouts), and
+    # one round of updates (asynchronous runners: every worker's segment)
+    p = cfg.algo_config()
+    joined = cfg.runner == "ray" and not cfg.ray_async
+    rollout = p.n_steps * cfg.n_envs * (cfg.workers if joined else 1)
+    p.validate(rollout, "n_steps*n_envs*workers" if joined else "n_steps*n_envs", cfg.net, cfg.seq_len)
+    rounds = rollout * (cfg.workers if cfg.runner == "async" or cfg.ray_async else 1)
+    _need(cfg.steps >= rounds, f"steps {cfg.steps} is less than one round of updates (n_steps*n_envs"
+                               f"{'*workers' if mine else ''} = {rounds}); raise --steps")
 
 
 def describe_keys() -> str:
@@ -600,7 +618,7 @@ def describe_keys() -> str:
         lines.append(f"  {f.name} = {getattr(cfg, f.name)!r}")
     for sec in SECTIONS:
         if sec in RULE_SECTIONS:
-            users = [a for a in ALGOS if RULE_OF[a] == sec]
+            users = [a for a in ALGOS if ALGOS[a].rule == sec]
             lines.append(f"  [{sec}: the update rule of {', '.join(users)}]")
         obj = getattr(cfg, sec)
         for f in dataclasses.fields(obj):

@@ -20,7 +20,7 @@ from typing import Callable, Optional
 
 import yaml
 
-from contrl.config import ALGOS, RULE_OF, build_config
+from contrl.config import ALGOS, build_config
 from contrl.errors import ContrlError
 
 
@@ -77,7 +77,7 @@ SPACES = {"ppo": _ppo, "a2c": _a2c, "acer": _acer}  # by update rule
 def sample(trial, algo: str, cfg) -> dict:
     """The overrides of one trial: {'ppo': {...}, 'net': {...}} (the network only for an MLP).
     ``n_steps`` is capped so one round of updates fits in the budget."""
-    rule = RULE_OF[algo]
+    rule = ALGOS[algo].rule
     values = SPACES[rule](trial, cfg)
     envs = cfg.n_envs * (cfg.workers if cfg.runner in ("async", "ray") else 1)
     values["n_steps"] = max(1, min(values["n_steps"], cfg.steps // envs))
@@ -117,7 +117,7 @@ def tune(algo: str, env: str, trials: int, steps: Optional[int] = None, storage:
         raise ContrlError(f"cannot open the study in '{storage}' ({type(e).__name__}: {e}); give --storage "
                           f"sqlite:///FILE.db") from None
     from contrl.api import train
-    from contrl.runners.sync import Interrupted
+    from contrl.errors import Interrupted
 
     def objective(trial) -> float:
         overrides = sample(trial, algo, base)
@@ -178,7 +178,7 @@ def _preset(base, flat: dict) -> dict:
     preset["steps"] = base.steps
     for key, value in flat.items():
         sec, _, name = key.partition(".")
-        if sec not in (RULE_OF[base.algo], "net"):  # run keys of the search (eval episodes) stay out
+        if sec not in (ALGOS[base.algo].rule, "net"):  # run keys of the search (eval episodes) stay out
             continue
         preset.setdefault(sec, {})[name] = value
     return preset

@@ -1,5 +1,6 @@
 """ACER's math by hand: Retrace targets, truncated importance weights and the bias correction,
-the on-policy limit, the trust-region projection, and the replay memory."""
+the on-policy limit, the trust-region projection (the replay memory and the segment forward:
+test_storage.py)."""
 
 import gymnasium as gym
 import pytest
@@ -9,7 +10,7 @@ from contrl.algos.acer import ACER, retrace, trust_region
 from contrl.config import ACERConfig, NetConfig
 from contrl.nets.acer import ACERNet
 from contrl.nets.distributions import Categorical, DiagGaussian
-from contrl.storage.replay import ReplayBuffer, Segment
+from contrl.storage.replay import Segment
 
 
 def test_retrace_targets_by_hand_on_a_three_step_segment():
@@ -52,7 +53,7 @@ def test_truncated_weight_and_bias_correction_by_hand():
     torch.manual_seed(1)
     model = ACERNet(4, gym.spaces.Discrete(3), NetConfig(ortho_init=False))
     c = 1.5
-    rule = ACER(model, _cfg(c=c), 1, 4, (), 3)
+    rule = ACER(model, _cfg(c=c), 1)
     obs = torch.randn(2, 1, 4)
     mu = torch.tensor([0.7, 0.2, 0.1])
     seg = Segment(obs, torch.zeros(1, 1, 4), torch.tensor([[0.0]]), torch.tensor([[1.3]]),
@@ -84,7 +85,7 @@ def test_on_policy_acer_gradient_is_the_actor_critic_gradient(discrete):
     space = gym.spaces.Discrete(3) if discrete else gym.spaces.Box(-1, 1, (2,))
     model = ACERNet(4, space, NetConfig())
     k, B, ent = 5, 3, 0.01
-    rule = ACER(model, _cfg(ent_coef=ent), B, 4, () if discrete else (2,), 3 if discrete else 4)
+    rule = ACER(model, _cfg(ent_coef=ent), B)
     gen = torch.Generator().manual_seed(0)
     obs = torch.randn(k + 1, B, 4, generator=gen)
     with torch.no_grad():
@@ -169,7 +170,7 @@ def test_trust_region_in_the_update_meets_the_bound_per_sample():
     delta = 0.01
     rules = {}
     for d in (delta, 1e9):
-        rules[d] = ACER(model, _cfg(trust_region=True, delta=d, ent_coef=0.01), 1, 4, (2,), 4)
+        rules[d] = ACER(model, _cfg(trust_region=True, delta=d, ent_coef=0.01), 1)
         with torch.no_grad():  # move the average policy away so KL(avg || pi) has a gradient
             rules[d].avg.body.pi_head.bias.add_(torch.tensor([0.5, -0.3]))
             rules[d].avg.body.log_std.add_(0.2)
@@ -184,38 +185,6 @@ def test_trust_region_in_the_update_meets_the_bound_per_sample():
     assert not torch.allclose(z, g)
 
 
-def test_replay_buffer_is_preallocated_bounded_and_samples_stored_columns():
-    k, N, D = 5, 3, 4
-    buf = ReplayBuffer(capacity=100, k=k, n_envs=N, obs_dim=D, act_shape=(2,), mu_dim=4)
-    assert buf.segments == 6 and buf.capacity == 90  # rounded down to whole segments
-    per_step = 4 * (D + D + 2 + 1 + 4) + 2  # obs, final obs, action, reward, mu (float32) + 2 flags
-    assert buf.nbytes == buf.segments * (k * N * per_step + N * D * 4)
-    assert ReplayBuffer.size(100, k, N, D, (2,), 4) == (buf.capacity, buf.nbytes)
-    lstm = ReplayBuffer(100, k, N, D, (2,), 4, state_size=8)  # + one initial state per column
-    assert lstm.nbytes == buf.nbytes + buf.segments * N * 8 * 4 == ReplayBuffer.size(100, k, N, D, (2,), 4, 8)[1]
-    ptrs = [getattr(buf, f).data_ptr() for f in ("obs", "final_obs", "actions", "mu")]
-    gen = torch.Generator().manual_seed(0)
-    segs = []
-    for i in range(20):  # more than three times the capacity
-        s = Segment(torch.randn(k + 1, N, D), torch.randn(k, N, D), torch.randn(k, N, 2), torch.randn(k, N),
-                    torch.rand(k, N) < 0.1, torch.rand(k, N) < 0.1, torch.randn(k, N, 4))
-        buf.add(s)
-        segs.append(s)
-    assert buf.count == 6 and buf.transitions == 90
-    assert [getattr(buf, f).data_ptr() for f in ("obs", "final_obs", "actions", "mu")] == ptrs  # no regrowth
-    held = segs[-6:]
-    batch = buf.sample(64, gen)
-    assert batch.obs.shape == (k + 1, 64, D) and batch.actions.shape == (k, 64, 2) and batch.mu.shape == (k, 64, 4)
-    for j in range(64):  # every sampled column is one env's column of a held segment
-        assert any(torch.equal(batch.obs[:, j], s.obs[:, e]) and torch.equal(batch.rewards[:, j], s.rewards[:, e])
-                   and torch.equal(batch.terminated[:, j], s.terminated[:, e])
-                   for s in held for e in range(N))
-    st = buf.state_dict()
-    other = ReplayBuffer(100, k, N, D, (2,), 4)
-    other.load_state_dict(st)
-    assert other.count == buf.count and other.next == buf.next and torch.equal(other.obs, buf.obs)
-
-
 def test_behaviour_policy_parameters_round_trip():
     logits = torch.randn(5, 3)
     c = Categorical(logits)
@@ -224,55 +193,3 @@ def test_behaviour_policy_parameters_round_trip():
     g2 = DiagGaussian.from_params(g.params())
     a = torch.randn(5, 2)
     assert torch.allclose(g2.log_prob(a), g.log_prob(a))
-
-
-@pytest.mark.parametrize("env,env_kwargs,net", [
-    ("contrl/CartPoleNoVel-v1", {}, {}),  # discrete: Q head; terminations
-    ("contrl/CartPoleNoVel-v1", {}, {"net.critic_lstm": True, "net.lstm_layers": 2, "net.post_hidden": [16]}),
-    ("Pendulum-v1", {"max_episode_steps": 23}, {"net.hidden": []}),  # continuous SDN; truncations
-])
-def test_lstm_acer_segment_forward_equals_acting(env, env_kwargs, net):
-    """ACER with an LSTM replays a segment as one LSTM call over its episode pieces, each from the
-    stored state (zero after an episode start) plus a bootstrap input. Its policy at every step
-    must be the behaviour policy the acting loop stored, V(s_k) the value collect() returned,
-    and V(final obs) of a truncated episode the value collect() bootstrapped with."""
-    from contrl.agent import Agent, build_model
-    from contrl.config import build_config
-    from contrl.envs.vec import VecEnv
-    from contrl.runners.collect import collect
-    from contrl.algos.acer import SegmentPlan
-    from contrl.storage.replay import behaviour_dim
-    from contrl.storage.rollout import Rollout
-
-    N, k = 3, 40
-    cfg = build_config("acer", env, env_kwargs=env_kwargs, net="lstm", overrides={"n_envs": N, "n_steps": k, **net})
-    torch.manual_seed(0)
-    venv = VecEnv(cfg.env, cfg.env_kwargs, [0, 1, 2])
-    model = build_model(cfg, venv.observation_space, venv.action_space)
-    with torch.no_grad():
-        for p in model.parameters():  # away from the near-zero init, so states matter
-            p.add_(0.3 * torch.randn_like(p))
-    agent = Agent(cfg, model, venv.observation_space, venv.action_space)
-    act_shape = () if agent.discrete else tuple(venv.action_space.shape)
-    rollout = Rollout(k, N, venv.obs_dim, act_shape, model.state_size, 0, behaviour_dim(venv.action_space))
-    gen = torch.Generator().manual_seed(0)
-    state = model.initial_state(N)
-    collect(agent, venv, rollout, gen, None, None, state)  # a first segment: non-zero carried state
-    last_values = collect(agent, venv, rollout, gen, None, None, state)
-    venv.close()
-    seg = Segment.from_rollout(rollout)
-    done = seg.terminated | seg.truncated
-    assert done.sum() >= 2 and seg.state0.abs().sum() > 0
-    plan = SegmentPlan(seg, recurrent=True)
-    with torch.no_grad():
-        pi, hv = plan.run(model)
-        got = model.dist(pi[plan.steps]).params()
-        v_last, v_final = plan.bootstrap_values(model.v(pi[plan.boot], hv[plan.boot]))
-    tol = dict(atol=2e-6, rtol=1e-5)
-    assert torch.allclose(got, rollout.mu.reshape(k * N, -1), **tol)
-    open_cols = ~done[k - 1]
-    assert torch.allclose(v_last[open_cols], last_values[open_cols], **tol)
-    trunc = seg.truncated
-    if env == "Pendulum-v1":
-        assert trunc.sum() >= 2
-    assert torch.allclose(v_final[trunc], rollout.trunc_values[trunc], **tol)

@@ -3,7 +3,15 @@ the command that fixes it, and a broken core makes the exit code non-zero."""
 
 import sys
 
+import pytest
+
 from contrl import doctor
+
+
+@pytest.fixture(autouse=True)
+def in_tmp_dir(tmp_path, monkeypatch):
+    """MuJoCo writes MUJOCO_LOG.TXT into the working directory: keep it out of the repository."""
+    monkeypatch.chdir(tmp_path)
 
 
 def test_doctor_on_this_installation(run_cli):

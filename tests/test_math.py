@@ -1,4 +1,5 @@
-"""Analytic tests: GAE by hand, truncation bootstrapping, distributions, normalisation."""
+"""Analytic tests: truncation bootstrapping end to end, distributions, normalisation (GAE by hand:
+test_storage.py)."""
 
 import math
 
@@ -9,56 +10,6 @@ import torch
 
 from contrl.envs.normalize import RunningMeanStd
 from contrl.nets.distributions import Categorical, DiagGaussian
-from contrl.storage.rollout import compute_gae
-
-
-def gae_by_hand(r, v, done, trunc_v, last_v, gamma, lam):
-    """Straight from the definition, one env, no vectorisation."""
-    T = len(r)
-    adv = [0.0] * T
-    for t in range(T):
-        total, weight = 0.0, 1.0
-        for k in range(t, T):
-            next_v = last_v if k == T - 1 else v[k + 1]
-            delta = r[k] + gamma * (next_v * (1 - done[k]) + trunc_v[k]) - v[k]
-            total += weight * delta
-            if done[k]:
-                break
-            weight *= gamma * lam
-        adv[t] = total
-    return adv
-
-
-def test_gae_constant_value_matches_hand_computation():
-    gamma, lam = 0.9, 0.8
-    r = [1.0, 0.0, 2.0, 1.0, -1.0, 0.5]
-    v = [0.7] * 6  # constant value function
-    done = [0, 0, 1, 0, 1, 0]  # episode ends at t=2 (terminated) and t=4 (truncated)
-    trunc_v = [0, 0, 0, 0, 0.3, 0]  # V(final obs) only where truncated
-    last_v = 0.7
-    adv, ret = compute_gae(*(torch.tensor(x, dtype=torch.float32).unsqueeze(1) for x in (r, v, done, trunc_v)),
-                           torch.tensor([last_v]), gamma, lam)
-    want = gae_by_hand(r, v, done, trunc_v, last_v, gamma, lam)
-    assert adv.squeeze(1).tolist() == pytest.approx(want, abs=1e-6)
-    assert ret.squeeze(1).tolist() == pytest.approx([a + 0.7 for a in want], abs=1e-6)
-    # hand values of two entries, written out:
-    # t=2 terminated: A = 2 - 0.7
-    assert adv[2, 0].item() == pytest.approx(1.3, abs=1e-6)
-    # t=4 truncated: A = -1 + 0.9*0.3 - 0.7 (bootstraps from the final obs, not the next episode)
-    assert adv[4, 0].item() == pytest.approx(-1 + 0.27 - 0.7, abs=1e-6)
-
-
-def test_gae_lambda_one_is_discounted_return_minus_value():
-    gamma = 0.99
-    r = torch.rand(7, 3)
-    v = torch.rand(7, 3)
-    zeros = torch.zeros(7, 3)
-    last = torch.rand(3)
-    adv, _ = compute_gae(r, v, zeros, zeros, last, gamma, 1.0)
-    g = last.clone()
-    for t in range(6, -1, -1):
-        g = r[t] + gamma * g
-        assert torch.allclose(adv[t], g - v[t], atol=1e-5)
 
 
 def _value_of_constant_env(terminate: bool, out) -> float:

@@ -17,7 +17,7 @@ import torch
 import contrl
 from contrl.api import train
 from contrl.errors import ContrlError
-from contrl.runners.sync import Interrupted
+from contrl.errors import Interrupted
 
 ROOT = Path(__file__).resolve().parents[1]
 FINAL_ONLY = {"eval_every": 10**9}

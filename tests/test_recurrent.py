@@ -12,7 +12,7 @@ from contrl.api import train
 from contrl.config import build_config
 from contrl.envs.vec import VecEnv
 from contrl.runners.collect import collect
-from contrl.storage.rollout import Rollout, segments
+from contrl.storage.rollout import Rollout
 
 TOL = dict(atol=2e-6, rtol=1e-5)  # float32 rounding: matmuls of other batch shapes sum in other orders
 
@@ -28,15 +28,6 @@ def _setup(env, env_kwargs, n_envs, T, net_overrides, seed=0):
     act_shape = () if agent.discrete else tuple(venv.action_space.shape)
     rollout = Rollout(T, n_envs, venv.obs_dim, act_shape, model.state_size, cfg.seq_len)
     return cfg, venv, model, agent, rollout
-
-
-def test_segments_cut_at_episode_starts_and_every_seq_len():
-    dones = torch.zeros(6, 2)
-    dones[1, 0] = 1  # env 0: episode ends at t=1, so a sequence starts at t=2
-    pos, lengths = segments(dones, seq_len=4)
-    # env-major positions: env 0 -> 0..5, env 1 -> 6..11
-    assert pos.tolist() == [0, 2, 4, 6, 10]
-    assert lengths.tolist() == [2, 2, 2, 4, 2]
 
 
 @pytest.mark.parametrize("env,env_kwargs,net", [
@@ -62,7 +53,7 @@ def test_state_by_hand_and_acting_equals_training_over_sequences(env, env_kwargs
     collect(agent, venv, rollout, gen, None, on_step, state)  # a first rollout: non-zero carried state
     state_at_start = state.clone()
     finals.clear()
-    last_values = collect(agent, venv, rollout, gen, None, on_step, state)
+    collect(agent, venv, rollout, gen, None, on_step, state)
     venv.close()
     assert rollout.dones.sum() >= 2
 
@@ -80,7 +71,7 @@ def test_state_by_hand_and_acting_equals_training_over_sequences(env, env_kwargs
     assert rollout.states[0].abs().sum() > 0
 
     # training over sequences gives the log-probs and values acting stored
-    rollout.finish(last_values, 0.99, 0.95)
+    rollout.finish(0.99, 0.95)
     seen = 0
     with torch.no_grad():
         for mb in rollout.minibatches(cfg.ppo.batch_size, gen):

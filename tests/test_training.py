@@ -115,3 +115,26 @@ def test_ctrl_c_then_resume_equals_uninterrupted(tmp_path, algo, env, steps, ext
     assert summary["peak_mem_mb"] >= meta["peak_mem_mb"] > 0
     # the logs match too: the interrupted process's extra rows were dropped
     assert (tmp_path / "full" / "episodes.csv").read_text().count("\n") == (part / "episodes.csv").read_text().count("\n")
+
+
+def test_sigterm_saves_a_checkpoint_exits_143_and_resumes(tmp_path):
+    """SIGTERM (what schedulers and `kill` send) is a clean stop, as Ctrl-C: the current update
+    ends, latest.pt is saved, one line says how to resume, exit 128 + 15."""
+    run = tmp_path / "run"
+    p = subprocess.Popen(_train_cmd(run, "ppo", "CartPole-v1", 1_000_000, ["--set", "n_envs=4", "n_steps=64",
+                                                                          "batch_size=256", "checkpoint_every=256"]),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.time() + 120
+    while not (run / "checkpoints" / "latest.pt").exists() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 143, err
+    assert "stopped by SIGTERM" in err and "--resume" in err and "Traceback" not in err, err
+    at = json.loads(torch.load(run / "checkpoints" / "latest.pt", weights_only=True)["train_state"]["meta"])["step"]
+    res = subprocess.run([sys.executable, "-m", "contrl", "train", "--resume", str(run), "--steps", str(at + 512),
+                          "--no-tensorboard"], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert json.loads((run / "summary.json").read_text())["steps"] == at + 512

@@ -1,8 +1,8 @@
 """Optimisers whose statistics can live in shared memory (A3C's shared Adam / RMSprop).
 
 Both keep every state tensor allocated from the start, so ``share_memory()`` can move them to
-shared memory before worker processes are started; each worker then builds the same optimiser
-over its view of the global parameters, passing ``state=`` the shared tensors, and all workers step the same
+shared memory before worker processes are started; the optimiser then travels to every worker
+with its parameters (torch pickles shared tensors as handles), and all workers step the same
 statistics (Hogwild: no lock, as in Mnih et al. 2016). One process works the same way with the
 tensors unshared (A2C).
 
@@ -14,7 +14,7 @@ tensors unshared (A2C).
 from __future__ import annotations
 
 import math
-from typing import Iterable, Optional
+from typing import Iterable
 
 import torch
 
@@ -22,13 +22,11 @@ import torch
 class _SharedStatsOptimizer:
     state_names: tuple[str, ...] = ()
 
-    def __init__(self, params: Iterable[torch.Tensor], lr: float, state: Optional[dict] = None):
+    def __init__(self, params: Iterable[torch.Tensor], lr: float):
         self.params = list(params)
-        self.lr = lr
-        if state is None:
-            state = {name: [self._init(name, p) for p in self.params] for name in self.state_names}
-            state["step"] = torch.zeros((), dtype=torch.float64)
-        self.state = state
+        self.param_groups = [{"lr": lr}]  # as torch's optimisers: the learning rate in force, per process
+        self.state = {name: [self._init(name, p) for p in self.params] for name in self.state_names}
+        self.state["step"] = torch.zeros((), dtype=torch.float64)
 
     def _init(self, name: str, p: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(p, memory_format=torch.contiguous_format)
@@ -45,6 +43,10 @@ class _SharedStatsOptimizer:
         return self.state["step"].is_shared() and all(t.is_shared() for n in self.state_names for t in self.state[n])
 
     # -- stepping ---------------------------------------------------------------------------
+    @property
+    def lr(self) -> float:
+        return self.param_groups[0]["lr"]
+
     @property
     def steps(self) -> int:
         return int(self.state["step"].item())
@@ -77,9 +79,9 @@ class RMSpropTF(_SharedStatsOptimizer):
 
     state_names = ("square_avg",)
 
-    def __init__(self, params, lr: float, alpha: float = 0.99, eps: float = 1e-5, state: Optional[dict] = None):
+    def __init__(self, params, lr: float, alpha: float = 0.99, eps: float = 1e-5):
         self.alpha, self.eps = alpha, eps
-        super().__init__(params, lr, state)
+        super().__init__(params, lr)
 
     def _init(self, name, p):
         return torch.ones_like(p, memory_format=torch.contiguous_format)
@@ -98,10 +100,9 @@ class Adam(_SharedStatsOptimizer):
 
     state_names = ("exp_avg", "exp_avg_sq")
 
-    def __init__(self, params, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 state: Optional[dict] = None):
+    def __init__(self, params, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
         self.betas, self.eps = betas, eps
-        super().__init__(params, lr, state)
+        super().__init__(params, lr)
 
     def _update(self, grads) -> None:
         b1, b2 = self.betas
@@ -116,7 +117,7 @@ class Adam(_SharedStatsOptimizer):
         torch._foreach_addcdiv_(self.params, m, denom, value=-self.lr / (1 - b1**t))
 
 
-def make_optimizer(name: str, params, lr: float, alpha: float, eps: float, state: Optional[dict] = None):
+def make_optimizer(name: str, params, lr: float, alpha: float, eps: float):
     if name == "rmsprop":
-        return RMSpropTF(params, lr, alpha=alpha, eps=eps, state=state)
-    return Adam(params, lr, eps=eps, state=state)
+        return RMSpropTF(params, lr, alpha=alpha, eps=eps)
+    return Adam(params, lr, eps=eps)

@@ -1,10 +1,11 @@
 """PPO update rule (Schulman et al. 2017): clipped surrogate, value loss, entropy bonus.
 
-Reads top to bottom: for each epoch, for each shuffled minibatch of the rollout (samples; for a
-recurrent network whole sequences replayed from their stored initial states), compute the
-probability ratio r = pi(a|s) / pi_old(a|s), the clipped surrogate min(r*A, clip(r)*A), a
-(optionally clipped) value loss and the entropy; step Adam with gradient-norm clipping; stop
-the epochs early when the approximate KL passes ``target_kl``.
+Reads top to bottom: GAE advantages and returns from the rollout; then for each epoch, for each
+shuffled minibatch of the rollout (samples; for a recurrent network whole sequences replayed
+from their stored initial states), compute the probability ratio r = pi(a|s) / pi_old(a|s),
+the clipped surrogate min(r*A, clip(r)*A), a (optionally clipped) value loss and the entropy;
+step Adam with gradient-norm clipping; stop the epochs early when the approximate KL passes
+``target_kl``.
 """
 
 from __future__ import annotations
@@ -12,25 +13,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from contrl.algos.rule import Rule
 from contrl.config import PPOConfig
 from contrl.storage.rollout import Rollout
 
 
-class PPO:
-    def __init__(self, model: nn.Module, cfg: PPOConfig):
-        self.model, self.cfg = model, cfg
-        self.params = list(model.parameters())
+class PPO(Rule):
+    def __init__(self, model: nn.Module, cfg: PPOConfig, **kw):
+        super().__init__(model, cfg, **kw)
         self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=True)
-
-    def set_progress(self, fraction_done: float) -> float:
-        """Linear learning-rate annealing; returns the lr in force."""
-        lr = self.cfg.lr * (1.0 - fraction_done) if self.cfg.anneal_lr else self.cfg.lr
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
-        return lr
 
     def update(self, rollout: Rollout, generator: torch.Generator) -> dict:
         cfg, model = self.cfg, self.model
+        rollout.finish(cfg.gamma, cfg.gae_lambda)  # GAE advantages and returns
         stats = []  # per minibatch: policy loss, value loss, entropy, approx KL, clip fraction
         stop = False
         for _epoch in range(cfg.n_epochs):
@@ -58,8 +53,7 @@ class PPO:
 
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                if cfg.max_grad_norm > 0:
-                    nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm, foreach=True)
+                self.clip_gradients()
                 self.optimizer.step()
 
                 with torch.no_grad():
@@ -74,10 +68,5 @@ class PPO:
         means = torch.stack(stats).mean(0).tolist()
         out = dict(zip(("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction"), means))
         out["epochs_done"] = _epoch + 1
+        out["explained_variance"] = rollout.explained_variance()
         return out
-
-    def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])

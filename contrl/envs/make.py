@@ -101,6 +101,13 @@ def make_env(env: str, env_kwargs: Optional[dict] = None, render_mode: Optional[
     return e
 
 
+def env_spaces(env: str, env_kwargs: Optional[dict] = None) -> tuple[gym.Space, gym.Space]:
+    """(observation space, action space) of an env, made and closed (a bad env fails here)."""
+    e = make_env(env, env_kwargs)
+    e.close()
+    return e.observation_space, e.action_space
+
+
 def check_spaces(obs_space: Any, act_space: Any, env: str = "env") -> None:
     if not isinstance(obs_space, gym.spaces.Box):
         raise ContrlError(

@@ -1,4 +1,5 @@
-"""Running statistics for observation normalisation and reward scaling (saved in checkpoints)."""
+"""Running statistics for observation normalisation and reward scaling (saved in checkpoints),
+and the views of them that asynchronous workers and Ray actors use."""
 
 from __future__ import annotations
 
@@ -71,3 +72,66 @@ class RewardScaler:
     def load_state_dict(self, d: dict) -> None:
         self.rms.load_state_dict(d["rms"])
         self.returns = np.asarray(d["returns"], np.float64)
+
+
+# -- observation statistics shared by asynchronous workers -------------------------------------
+# A float64 table [workers + 1, 2 * D + 1] (in shared memory): row 0 holds the statistics the run
+# started from (initial or resumed), row i + 1 everything worker i has seen (mean, var, count).
+# Each row has one writer, so no lock is needed (a worker killed mid-write cannot block the
+# others); the statistics in force are the merge of all rows.
+def rms_to_row(rms: RunningMeanStd, out: np.ndarray) -> None:
+    d = rms.mean.shape[0]
+    out[:d], out[d:2 * d], out[2 * d] = rms.mean, rms.var, rms.count
+
+
+def rms_from_row(row: np.ndarray) -> RunningMeanStd:
+    d = (row.shape[0] - 1) // 2
+    rms = RunningMeanStd((d,))
+    rms.mean, rms.var, rms.count = row[:d].copy(), row[d:2 * d].copy(), float(row[2 * d])
+    return rms
+
+
+def merged_obs_stats(table: np.ndarray) -> RunningMeanStd:
+    rms = rms_from_row(table[0])
+    for row in table[1:]:
+        part = rms_from_row(row)
+        rms.merge(part.mean, part.var, part.count)
+    return rms
+
+
+class WorkerObsNormalizer(ObsNormalizer):
+    """A Hogwild worker's view of the shared observation statistics.
+
+    Between two syncs it normalises with (all statistics at the last sync + what it has seen
+    since); ``sync()`` publishes what it has seen in its own row and takes the merge of all rows,
+    once per segment, so all workers and the evaluator share one normaliser.
+    """
+
+    def __init__(self, table, row: int, dim: int, clip: float):
+        super().__init__(dim, clip)
+        self.table, self.row = table.numpy(), row
+        self.mine = rms_from_row(self.table[row])  # a restarted worker continues its row
+        self.sync()
+
+    def __call__(self, obs: np.ndarray, update: bool = False) -> np.ndarray:
+        if update:
+            self.mine.update(obs)
+        return super().__call__(obs, update)
+
+    def sync(self) -> None:
+        rms_to_row(self.mine, self.table[self.row])
+        self.rms = merged_obs_stats(self.table)
+
+
+class SeenObsNormalizer(ObsNormalizer):
+    """A Ray actor's normaliser: the learner's statistics as of the request, plus what the actor
+    has seen since; ``seen`` (what it returns to the learner) is only the latter."""
+
+    def begin(self, stats: dict) -> None:
+        self.rms.load_state_dict(stats)
+        self.seen = RunningMeanStd(self.rms.mean.shape, epsilon=0.0)
+
+    def __call__(self, obs: np.ndarray, update: bool = False) -> np.ndarray:
+        if update:
+            self.seen.update(obs)
+        return super().__call__(obs, update)

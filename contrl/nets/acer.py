@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 
 import gymnasium as gym
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -30,8 +29,8 @@ class ACERNet(nn.Module):
         super().__init__()
         self.body = (RecurrentActorCritic if cfg.type == "lstm" else ActorCritic)(obs_dim, action_space, cfg)
         self.recurrent, self.state_size = self.body.recurrent, self.body.state_size
-        self.discrete = self.body.discrete
-        act_dim = int(action_space.n) if self.discrete else int(np.prod(action_space.shape))
+        self.discrete, self.obs_dim, self.act_shape = self.body.discrete, obs_dim, self.body.act_shape
+        act_dim = self.act_dim = self.body.act_dim
         width = self.body.feature_dim
         if self.discrete:
             self.body.v_head = None  # V comes from Q: no separate value head to leave untrained

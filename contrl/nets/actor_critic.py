@@ -61,6 +61,8 @@ class ActorCritic(nn.Module):
         super().__init__()
         self.discrete = isinstance(action_space, gym.spaces.Discrete)
         act_dim = int(action_space.n) if self.discrete else int(np.prod(action_space.shape))
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.act_shape = () if self.discrete else tuple(action_space.shape)  # of one action as stored
         self.pi_torso = mlp(obs_dim, cfg.hidden, cfg.activation)
         self.v_torso = None if cfg.shared else mlp(obs_dim, cfg.hidden, cfg.activation)
         width = self.feature_dim = cfg.hidden[-1]

@@ -29,6 +29,8 @@ class RecurrentActorCritic(nn.Module):
         super().__init__()
         self.discrete = isinstance(action_space, gym.spaces.Discrete)
         act_dim = int(action_space.n) if self.discrete else int(np.prod(action_space.shape))
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.act_shape = () if self.discrete else tuple(action_space.shape)  # of one action as stored
         H, layers = cfg.lstm_hidden, cfg.lstm_layers
         enc_out = cfg.hidden[-1] if cfg.hidden else obs_dim
         self.encoder = mlp(obs_dim, cfg.hidden, cfg.activation)

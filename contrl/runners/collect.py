@@ -1,4 +1,5 @@
-"""Collecting one ``[T, N]`` rollout: the acting loop both runners share.
+"""Gathering experience: ``collect`` (the acting loop every envs backend uses) and ``Worker``
+(a copy of the learner away from it: a Hogwild worker process, a Ray actor).
 
 Per step: normalise the N observations, one batched forward in inference mode, sample from the
 run's generator, step the vector env with env-ready actions, and write obs, action, log-prob,
@@ -19,6 +20,8 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from contrl.agent import Agent, build_model
+from contrl.algos import make_rule
 from contrl.envs.normalize import RewardScaler
 from contrl.envs.vec import StepResult, VecEnv
 from contrl.storage.rollout import Rollout
@@ -27,14 +30,16 @@ from contrl.storage.rollout import Rollout
 def collect(agent, venv: VecEnv, rollout: Rollout, generator: torch.Generator,
             scaler: Optional[RewardScaler] = None,
             on_step: Optional[Callable[[int, StepResult], None]] = None,
-            state: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Fill ``rollout`` with T steps from ``venv``; returns V(s_T) of the observation after it."""
+            state: Optional[torch.Tensor] = None) -> list:
+    """Fill ``rollout`` with T steps from ``venv``, and ``rollout.last_values`` with V(s_T) of the
+    observation after it. Returns the episodes that ended, as (t, env, return, length)."""
     model = agent.model
     recurrent = model.recurrent
     h = state if state is not None else model.initial_state(venv.n)
     update_stats = agent.obs_norm is not None
     rewards_np, dones_np = rollout.rewards.numpy(), rollout.dones.numpy()  # views: cheap writes
     rollout.trunc_values.zero_()
+    episodes: list = []
     obs = venv.obs
     for t in range(rollout.T):
         obs_t = agent.preprocess(obs, update_stats=update_stats)
@@ -70,6 +75,7 @@ def collect(agent, venv: VecEnv, rollout: Rollout, generator: torch.Generator,
         if recurrent and done.any():
             with torch.inference_mode():
                 h_next[torch.from_numpy(done)] = 0.0  # a new episode starts from the zero state
+        episodes.extend((t, *e) for e in res.episodes)
         if on_step is not None:
             on_step(t, res)
         obs, h = res.obs, h_next
@@ -78,6 +84,53 @@ def collect(agent, venv: VecEnv, rollout: Rollout, generator: torch.Generator,
         rollout.obs_last.copy_(obs_last)
     with torch.inference_mode():
         last_values = model.value_step(obs_last, h)
+    rollout.last_values.copy_(last_values)
     if state is not None and recurrent:
         state.copy_(h)
-    return last_values
+    return episodes
+
+
+def episode_rows(episodes: list, step: int, n: int, first_env: int = 0) -> list:
+    """``collect``'s episodes of a rollout of ``n`` envs that started at ``step``, as the logs
+    number them: (step at its end, env, return, length), the envs counted from ``first_env``."""
+    return [(step + (t + 1) * n, first_env + env, ret, length) for t, env, ret, length in episodes]
+
+
+class Worker:
+    """A copy of the learner away from it (a Hogwild worker process, a Ray actor): ``n_envs``
+    envs, a local model with its agent and generator, the run's update rule on that model (with
+    a replay memory of its own where the rule keeps one), its rollout and the recurrent state it
+    carries across rollouts. Whoever holds it loads the current weights into ``rule.weights()``
+    before asking for a rollout or a gradient."""
+
+    def __init__(self, cfg, seeds: list[int], torch_seed: int, obs_norm: Optional[Callable] = None,
+                 gradients: bool = True):
+        """``obs_norm(dim)`` makes the worker's observation normaliser; ``gradients=False``: a
+        worker that only collects (no replay memory, rewards left unscaled for the learner)."""
+        self.venv = VecEnv(cfg.env, cfg.env_kwargs, seeds)
+        spaces = self.venv.observation_space, self.venv.action_space
+        model = build_model(cfg, *spaces)
+        self.agent = Agent(cfg, model, *spaces, obs_norm(self.venv.obs_dim) if obs_norm is not None else None)
+        self.gen = torch.Generator().manual_seed(torch_seed)
+        self.n = self.venv.n
+        self.rule = make_rule(cfg, model, self.n, memory=gradients)
+        self.rollout = self.rule.new_rollout(self.n)
+        self.rnn_state = model.initial_state(self.n)  # carried across rollouts (truncated BPTT at their ends)
+        self.scaler = RewardScaler(self.n, self.rule.cfg.gamma) if cfg.norm_reward and gradients else None
+        self.pending = iter(())  # the gradients the last rollout still has to give
+
+    def collect(self) -> list:
+        return collect(self.agent, self.venv, self.rollout, self.gen, self.scaler, None, self.rnn_state)
+
+    def gradients(self) -> tuple[dict, int, list]:
+        """The rule's next gradient, into the local model's ``.grad``: one the last rollout still
+        has (ACER's replays), else the first of a new rollout. Returns (stats, env steps, episodes)."""
+        stats = next(self.pending, None)
+        if stats is not None:
+            return stats, 0, []
+        episodes = self.collect()
+        self.pending = self.rule.updates(self.rollout, self.gen)
+        return next(self.pending), self.rollout.T * self.n, episodes
+
+    def grads(self) -> list[torch.Tensor]:
+        return [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.rule.params]

@@ -11,6 +11,7 @@ allocated up front (``nbytes`` is what the run summary reports), so memory canno
 
 Sampling draws ``B`` (segment, env) columns uniformly with replacement and returns them as one
 :class:`Segment` of ``[k, B]`` tensors, the same shape the on-policy update gets.
+:class:`SegmentForward` plans how a segment goes through a network in one call.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Optional
 
 import torch
 
-from contrl.storage.rollout import Rollout
+from contrl.storage.rollout import Rollout, segments
 
 FIELDS = ("obs", "final_obs", "actions", "rewards", "terminated", "truncated", "mu")  # [.., k, N, ..]
 
@@ -120,3 +121,74 @@ class ReplayBuffer:
         self.count, self.next = int(state["count"]), int(state["next"])
         for f in FIELDS + ("state0",):
             getattr(self, f)[: self.count].copy_(state[f])
+
+
+class SegmentForward:
+    """How a ``[k, B]`` segment goes through a network in one call, bootstrap inputs included.
+
+    Every episode piece of a column (the column cut where an episode ends) has one bootstrap
+    point after its last step: the final observation where the episode ended there (a
+    truncation bootstraps V(final obs); a termination's value is never used), else the
+    observation after the segment. MLP: the k*B observations and the bootstrap inputs are one
+    flat batch. LSTM: each piece is a sequence (its steps, then its bootstrap input) from the
+    column's stored initial state, or from zero after an episode start, so the bootstrap input
+    is seen with the state that saw the piece's last step; the pieces are padded to
+    ``[L, pieces]`` and run as one LSTM call. ``step_rows`` picks the k*B step outputs in
+    time-major order, ``boot_rows`` the bootstrap outputs.
+    """
+
+    def __init__(self, seg: Segment, recurrent: bool):
+        k, B = seg.rewards.shape
+        n, dim = k * B, seg.obs.shape[-1]
+        ended = seg.terminated | seg.truncated
+        goes_on = ~ended[k - 1]  # columns whose last episode continues after the segment
+        # the bootstrap points (step, column): every episode end, then the last step of each open column
+        ends, open_cols = ended.nonzero(), goes_on.nonzero().squeeze(1)
+        self.boot_step = torch.cat([ends[:, 0], torch.full_like(open_cols, k - 1)])
+        self.boot_col = torch.cat([ends[:, 1], open_cols])
+        self.boot_ended = torch.arange(self.boot_step.shape[0]) < ends.shape[0]
+        boot_obs = torch.cat([seg.final_obs[ended], seg.obs[k][goes_on]])
+        self.k, self.B, self.recurrent = k, B, recurrent
+        if not recurrent:
+            self.inputs = torch.cat([seg.obs[:k].reshape(n, dim), boot_obs])
+            self.step_rows = torch.arange(n)
+            self.boot_rows = n + torch.arange(boot_obs.shape[0])
+            return
+        # the rollout's sequence cutting (env-major: column b's step t is at b * k + t), one piece per episode
+        start, length = segments(ended, k)
+        pieces = start.shape[0]
+        col, first_t = start // k, start % k
+        # the bootstrap point each piece ends at, found by (step, column)
+        key = self.boot_step * B + self.boot_col
+        order = torch.argsort(key)
+        boot_of_piece = order[torch.searchsorted(key[order], (first_t + length - 1) * B + col)]
+        table = torch.cat([seg.obs[:k].transpose(0, 1).reshape(n, dim), boot_obs[boot_of_piece]])
+        t = torch.arange(int(length.max()) + 1).unsqueeze(1)
+        # [L, pieces, D]: each piece's steps, then its bootstrap row (which also pads)
+        self.inputs = table[torch.where(t < length, start + t, n + torch.arange(pieces))]
+        state0 = seg.state0[col]
+        self.initial_state = torch.where((first_t == 0).unsqueeze(1), state0, torch.zeros_like(state0))
+        # where each output lands in the flattened [L * pieces] outputs
+        piece_of = torch.repeat_interleave(torch.arange(pieces), length)  # of every env-major step
+        row = (torch.arange(n) - start[piece_of]) * pieces + piece_of
+        time_major = (torch.arange(k).unsqueeze(1) + torch.arange(B).unsqueeze(0) * k).reshape(n)
+        self.step_rows = row[time_major]
+        self.boot_rows = torch.empty(pieces, dtype=torch.long)
+        self.boot_rows[boot_of_piece] = length * pieces + torch.arange(pieces)
+
+    def run(self, net) -> tuple[torch.Tensor, torch.Tensor]:
+        """(distribution parameters, critic features) of ``net`` at every row of the plan."""
+        if not self.recurrent:
+            return net.features(self.inputs)
+        pi, hv = net.seq_features(self.inputs, self.initial_state)
+        return pi.reshape(-1, pi.shape[-1]), hv.reshape(-1, hv.shape[-1])
+
+    def bootstrap_values(self, v_boot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(V(s_k) per column [B], V(final obs) [k, B] where an episode ended) from the values at
+        the bootstrap rows; zero where there is nothing to bootstrap."""
+        v_last = torch.zeros(self.B)
+        v_final = torch.zeros(self.k, self.B)
+        ended = self.boot_ended
+        v_final[self.boot_step[ended], self.boot_col[ended]] = v_boot[ended]
+        v_last[self.boot_col[~ended]] = v_boot[~ended]
+        return v_last, v_final

@@ -84,11 +84,18 @@ class Rollout:
         self.trunc_values = torch.zeros(T, N)
         self.advantages = torch.zeros(T, N)
         self.returns = torch.zeros(T, N)
+        self.last_values = torch.zeros(N)  # V(s_T) of the observation after the rollout
 
-    def finish(self, last_values: torch.Tensor, gamma: float, lam: float) -> None:
+    def finish(self, gamma: float, lam: float) -> None:
+        """GAE advantages and returns, bootstrapping from ``last_values``."""
         self.advantages, self.returns = compute_gae(
-            self.rewards, self.values, self.dones, self.trunc_values, last_values, gamma, lam
+            self.rewards, self.values, self.dones, self.trunc_values, self.last_values, gamma, lam
         )
+
+    def explained_variance(self) -> float:
+        """1 - Var(returns - values) / Var(returns) of the values the acting loop predicted."""
+        var = self.returns.var()
+        return float("nan") if var == 0 else float(1 - (self.returns - self.values).var() / var)
 
     def whole(self) -> Batch:
         """All the samples as one batch (flat, or all sequences)."""
