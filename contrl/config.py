@@ -1,7 +1,9 @@
 """Typed run configuration: dataclasses, YAML presets, ``--set key=value`` overrides, validation.
 
-A run is one :class:`Config`. Its algorithm's hyper-parameters live in one dataclass per update
-rule (``ppo: PPOConfig``) and the network's in ``net: NetConfig``. Values are merged in this
+``ALGOS`` says what each algorithm name stands for (its update rule, the runners it runs on, its
+Ray patterns and its own run defaults). A run is one :class:`Config`. Its algorithm's
+hyper-parameters live in one dataclass per update rule (``ppo: PPOConfig``) and the network's in
+``net: NetConfig``; each validates its own keys, ``validate`` the run's. Values are merged in this
 order: dataclass defaults < preset YAML < explicit arguments (``--steps``, ``--seed``, ...) <
 ``--set`` overrides. The merged result is printed at start and saved as ``config.json`` in the
 run folder, so every value a run used can be found in one place.
@@ -73,7 +75,6 @@ class NetConfig:
     post_hidden: list[int] = field(default_factory=list)  # lstm: MLP widths after the LSTM, per head
     seq_len: int = 0  # lstm: training sequence length (truncated BPTT); 0: min(n_steps, batch_size)
 
-
     def validate(self) -> None:
         _need(self.type in NET_TYPES, f"net.type must be mlp or lstm, got '{self.type}'; use --net mlp or --net lstm")
         _need(all(h >= 1 for h in self.hidden + self.post_hidden),
@@ -82,7 +83,8 @@ class NetConfig:
         if self.type == "mlp":
             _need(len(self.hidden) >= 1, f"net.hidden must be a non-empty list of widths for an MLP, got {self.hidden}")
             changed = [k for k in LSTM_KEYS if getattr(self, k) != getattr(NetConfig(), k)]
-            _need(not changed, f"net.{changed[0] if changed else ''} applies to LSTM networks; add --net lstm or drop it")
+            _need(not changed,
+                  f"net.{changed[0] if changed else ''} applies to LSTM networks; add --net lstm or drop it")
         else:
             _need(self.lstm_hidden >= 1, f"net.lstm_hidden must be >= 1, got {self.lstm_hidden}")
             _need(self.lstm_layers >= 1, f"net.lstm_layers must be >= 1, got {self.lstm_layers}")

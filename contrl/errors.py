@@ -29,4 +29,5 @@ def checkpoint_kept(run_dir) -> str:
     ckpt = run_dir / "checkpoints" / "latest.pt"
     if not ckpt.exists():
         return "no checkpoint was saved yet"
-    return f"the last checkpoint is kept in {ckpt.parent}; fix the cause and resume with contrl train --resume {run_dir}"
+    return (f"the last checkpoint is kept in {ckpt.parent}; fix the cause and resume with "
+            f"contrl train --resume {run_dir}")

@@ -40,6 +40,15 @@ def _run(plan: list, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def set_spaces(net: nn.Module, obs_dim: int, action_space: gym.Space) -> int:
+    """What every network tells the storage: ``discrete``, ``obs_dim``, ``act_dim`` (the policy
+    head's width per action dimension or class) and ``act_shape`` (one action as stored)."""
+    net.discrete = isinstance(action_space, gym.spaces.Discrete)
+    net.act_dim = int(action_space.n) if net.discrete else int(np.prod(action_space.shape))
+    net.obs_dim, net.act_shape = obs_dim, () if net.discrete else tuple(action_space.shape)
+    return net.act_dim
+
+
 def init_orthogonal(module: nn.Module, gain: float) -> None:
     for m in module.modules():
         if isinstance(m, nn.Linear):
@@ -59,10 +68,7 @@ class ActorCritic(nn.Module):
 
     def __init__(self, obs_dim: int, action_space: gym.Space, cfg: NetConfig):
         super().__init__()
-        self.discrete = isinstance(action_space, gym.spaces.Discrete)
-        act_dim = int(action_space.n) if self.discrete else int(np.prod(action_space.shape))
-        self.obs_dim, self.act_dim = obs_dim, act_dim
-        self.act_shape = () if self.discrete else tuple(action_space.shape)  # of one action as stored
+        act_dim = set_spaces(self, obs_dim, action_space)
         self.pi_torso = mlp(obs_dim, cfg.hidden, cfg.activation)
         self.v_torso = None if cfg.shared else mlp(obs_dim, cfg.hidden, cfg.activation)
         width = self.feature_dim = cfg.hidden[-1]

@@ -13,13 +13,12 @@ from __future__ import annotations
 import math
 
 import gymnasium as gym
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from contrl.config import NetConfig
-from contrl.nets.actor_critic import ActorCritic, _plan, _run, init_orthogonal, mlp
+from contrl.nets.actor_critic import ActorCritic, _plan, _run, init_orthogonal, mlp, set_spaces
 
 
 class RecurrentActorCritic(nn.Module):
@@ -27,10 +26,7 @@ class RecurrentActorCritic(nn.Module):
 
     def __init__(self, obs_dim: int, action_space: gym.Space, cfg: NetConfig):
         super().__init__()
-        self.discrete = isinstance(action_space, gym.spaces.Discrete)
-        act_dim = int(action_space.n) if self.discrete else int(np.prod(action_space.shape))
-        self.obs_dim, self.act_dim = obs_dim, act_dim
-        self.act_shape = () if self.discrete else tuple(action_space.shape)  # of one action as stored
+        act_dim = set_spaces(self, obs_dim, action_space)
         H, layers = cfg.lstm_hidden, cfg.lstm_layers
         enc_out = cfg.hidden[-1] if cfg.hidden else obs_dim
         self.encoder = mlp(obs_dim, cfg.hidden, cfg.activation)

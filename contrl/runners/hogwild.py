@@ -31,10 +31,9 @@ from contrl.agent import Agent, build_model
 from contrl.config import Config, config_from_dict
 from contrl.envs.make import env_spaces
 from contrl.envs.normalize import ObsNormalizer, WorkerObsNormalizer, merged_obs_stats, rms_to_row
-from contrl.errors import ContrlError, checkpoint_kept
 from contrl.record.logger import StatsWindow
 from contrl.runners.collect import Worker, episode_rows
-from contrl.runners.loop import Envs
+from contrl.runners.loop import Envs, Restarts
 
 SEND_EVERY_S = 0.5  # how often a worker reports its statistics and episodes
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}  # the coordinator's to handle: workers ignore them
@@ -122,7 +121,7 @@ class HogwildEnvs(Envs):
         self.ctx = mp.get_context("spawn")
         self.stop_event = self.ctx.Event()
         self.conns: list = [None] * W  # one pipe per worker: a worker killed mid-message spoils only its own
-        self.ready, self.restarts = [False] * W, [0] * W
+        self.ready, self.restarts = [False] * W, Restarts(W, cfg.max_restarts, self.run_dir, self.log)
         self.launches: list[dict] = []
         self.errors: dict[int, str] = {}
         self.sums: dict = {}
@@ -193,12 +192,7 @@ class HogwildEnvs(Envs):
             if not self.ready[i] and error is None and p.exitcode > 0:
                 reason += (" during start-up; if you call contrl.train from a script, put the call under "
                            "`if __name__ == '__main__':` (workers start by importing the script)")
-            self.restarts[i] += 1
-            if self.restarts[i] > cfg.max_restarts:
-                raise ContrlError(f"worker {i} failed {self.restarts[i]} times (last: {reason}); stopping, "
-                                  f"{checkpoint_kept(self.run_dir)}")
-            self.log(f"worker {i} died ({reason}); restarting it from the current global weights "
-                     f"(restart {self.restarts[i]} of at most {cfg.max_restarts})")
+            self.restarts.died(i, f"worker {i}", reason, "restarting it from the current global weights")
             self._launch(i)
 
     def _take(self) -> tuple[dict, int, int]:
@@ -248,7 +242,7 @@ class HogwildEnvs(Envs):
         self.next_seed = int(ts.get("next_seed", old))
 
     def summary(self) -> dict:
-        return {"workers": self.W, "worker_launches": self.launches, "worker_restarts": self.restarts,
+        return {"workers": self.W, "worker_launches": self.launches, "worker_restarts": self.restarts.counts,
                 "updates": int(self.counters[:, 1].sum())}
 
     def close(self) -> None:

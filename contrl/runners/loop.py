@@ -28,7 +28,7 @@ from contrl.agent import Agent, build_model
 from contrl.algos import make_rule
 from contrl.config import Config
 from contrl.envs.normalize import ObsNormalizer
-from contrl.errors import ContrlError, Interrupted
+from contrl.errors import ContrlError, Interrupted, checkpoint_kept
 from contrl.record.checkpoint import load_checkpoint, save_checkpoint
 from contrl.record.compute import ComputeMeter
 from contrl.record.logger import Logger, StatsWindow
@@ -72,6 +72,21 @@ class Envs:
 
     def close(self) -> None:
         pass
+
+
+class Restarts:
+    """Deaths of a backend's workers (processes, Ray actors), counted per worker: each is logged;
+    past ``max_restarts`` for one worker the run stops with one line."""
+
+    def __init__(self, n: int, max_restarts: int, run_dir: Path, log: Callable[[str], None]):
+        self.counts, self.max, self.run_dir, self.log = [0] * n, max_restarts, run_dir, log
+
+    def died(self, i: int, name: str, reason: str, then: str) -> None:
+        self.counts[i] += 1
+        if self.counts[i] > self.max:
+            raise ContrlError(f"{name} failed {self.counts[i]} times (last: {reason}); stopping, "
+                              f"{checkpoint_kept(self.run_dir)}")
+        self.log(f"{name} died ({reason}); {then} (restart {self.counts[i]} of at most {self.max})")
 
 
 def make_envs(cfg: Config, log: Callable[[str], None], run_dir: Path) -> Envs:
@@ -256,7 +271,8 @@ class Trainer:
             return {"capacity_transitions": m.capacity, "bytes": m.nbytes}
         held, nbytes = (W and self.rule.memory_size()) or (0, 0)
         if held:
-            self.message(f"replay buffer: {held:,} transitions per worker, {W * nbytes / 2**20:.1f} MiB preallocated in all")
+            self.message(f"replay buffer: {held:,} transitions per worker, {W * nbytes / 2**20:.1f} MiB "
+                         f"preallocated in all")
             return {"per_worker_transitions": held, "capacity_transitions": held * W, "bytes": nbytes * W}
         return None
 

@@ -35,10 +35,10 @@ from contrl.algos.rule import model_tensors
 from contrl.config import Config, config_from_dict
 from contrl.envs.make import env_spaces
 from contrl.envs.normalize import SeenObsNormalizer
-from contrl.errors import ContrlError, checkpoint_kept
+from contrl.errors import ContrlError
 from contrl.runners.collect import Worker, episode_rows
 from contrl.runners.local import LocalEnvs
-from contrl.runners.loop import Envs
+from contrl.runners.loop import Envs, Restarts
 
 STEP_FIELDS = ("obs", "actions", "logp", "values", "rewards", "dones", "trunc_values", "states",
                "mu", "final_obs", "terminated")  # [T, n, ...]
@@ -128,10 +128,10 @@ class RayActors:
 
     def __init__(self, cfg: Config, log: Callable[[str], None], run_dir: Path, gradients: bool):
         self.ray = ray = import_ray()
-        self.cfg, self.log, self.run_dir, self.gradients = cfg, log, run_dir, gradients
+        self.cfg, self.gradients = cfg, gradients
         self.observation_space, self.action_space = env_spaces(cfg.env, cfg.env_kwargs)  # before any actor starts
         self.W, self.k = cfg.workers, cfg.n_envs
-        self.restarts = [0] * self.W
+        self.restarts = Restarts(self.W, cfg.max_restarts, run_dir, log)
         self.counted = [False] * self.W  # a death already counted, whose restarted actor has not answered yet
         self.run_id = uuid.uuid4().hex[:8]  # actor names: contrl-RUNID-J (ray list actors shows them)
         self.handles: list = []
@@ -161,22 +161,15 @@ class RayActors:
 
     def launch(self, seeds_for: Callable[[int], list]) -> None:
         """Create the actors, once; actor j steps the envs seeded ``seeds_for(j)``."""
+        if self.handles:
+            return
         remote, cfg = self.ray.remote(EnvActor), self.cfg
-        for j in range(self.W if not self.handles else 0):
+        for j in range(self.W):
             seeds = seeds_for(j)
             options = dict(name=f"contrl-{self.run_id}-{j}", num_cpus=cfg.ray_cpus, max_restarts=cfg.max_restarts,
                            max_task_retries=0)
             self.handles.append(remote.options(**options).remote(cfg.to_json(), seeds, seeds[0] + 7919,
                                                                   max(1, int(cfg.ray_cpus)), self.gradients))
-
-    def died(self, j: int, reason: str, what: str) -> None:
-        """Count a death of actor j; the run stops past max_restarts."""
-        self.restarts[j] += 1
-        if self.restarts[j] > self.cfg.max_restarts:
-            raise ContrlError(f"ray actor {j} died {self.restarts[j]} times (last: {reason}); stopping, "
-                              f"{checkpoint_kept(self.run_dir)}")
-        self.log(f"ray actor {j} died ({reason}); Ray restarted it (restart {self.restarts[j]} of at most "
-                 f"{self.cfg.max_restarts}); {what}")
 
     def failed(self, j: int, err: Exception, what: str) -> None:
         """A request to actor j failed because the actor died: count it; the caller asks again.
@@ -193,14 +186,15 @@ class RayActors:
         if isinstance(err, self.ray.exceptions.ActorDiedError):  # its message ends with the cause when the
             lines = [ln.strip() for ln in str(err).splitlines() if "Error" in ln]  # actor's start-up raised
             reason += f": {lines[-1][:200]}" if lines else ""
-        self.died(j, reason, f"its {what} was discarded and it was asked again")
+        self.restarts.died(j, f"ray actor {j}", reason, f"Ray restarts it; its {what} in flight is discarded and "
+                                                        f"asked again")
 
     def answered(self, j: int, result: dict, agent) -> None:
         """An answer of actor j: a death between two requests shows only as a restarted actor;
         the observations it has seen go into the learner's statistics."""
         if result["restarted"]:
             if not self.counted[j]:
-                self.died(j, "found restarted", "its envs started new episodes")
+                self.restarts.died(j, f"ray actor {j}", "found restarted", "its envs started new episodes")
             self.counted[j] = False
         if result["seen"] is not None:
             seen = result["seen"]
@@ -248,7 +242,7 @@ class OnRay(Envs):
         self.steps_per_iteration = cfg.algo_config().n_steps * self.n
 
     def summary(self) -> dict:
-        return {"ray_actors": self.W, "ray_actor_restarts": list(self.actors.restarts)}
+        return {"ray_actors": self.W, "ray_actor_restarts": list(self.actors.restarts.counts)}
 
     def close(self) -> None:
         self.actors.close()
