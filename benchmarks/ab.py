@@ -7,7 +7,8 @@ For a change that must not cost speed (a refactor, a guard): every run is `contr
 subprocess of the given Python, started from an empty folder (so the installed contrl is the
 one imported), evaluation off, seed 0. A and B alternate so that the machine's drift hits both
 alike. Prints the steady steps/s of each run (first to last progress row: process start-up
-left out), then per run kind the median of each side and the ratio B / A.
+left out), then per run kind the median of each side, their ratio B / A, and the median of the
+ratios of the runs made back to back (which the machine's slow drift affects least).
 """
 
 from __future__ import annotations
@@ -63,11 +64,12 @@ def main() -> None:
                 sps = steady(getattr(args, side), algo, values, args.env, args.steps)
                 got.setdefault((name, side), []).append(sps)
                 print(f"{name} {side.upper()} #{i}: {sps:,.0f} steps/s", flush=True)
-    print(f"\n| run | A steps/s (median of {args.repeat}) | B steps/s | B / A |")
-    print("|---|---:|---:|---:|")
+    print(f"\n| run | A steps/s (median of {args.repeat}) | B steps/s | B / A | B / A, median of the pairs |")
+    print("|---|---:|---:|---:|---:|")
     for name in args.runs:
         a, b = statistics.median(got[(name, "a")]), statistics.median(got[(name, "b")])
-        print(f"| {name} | {a:,.0f} | {b:,.0f} | {b / a:.2f}x |")
+        pairs = statistics.median(y / x for x, y in zip(got[(name, "a")], got[(name, "b")]))  # run back to back
+        print(f"| {name} | {a:,.0f} | {b:,.0f} | {b / a:.3f}x | {pairs:.3f}x |")
 
 
 if __name__ == "__main__":

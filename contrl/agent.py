@@ -13,6 +13,7 @@ import torch
 from contrl.config import Config, config_from_dict
 from contrl.envs.make import DictBox, make_env, space_signature
 from contrl.envs.normalize import ObsNormalizer
+from contrl.envs.vec import env_call
 from contrl.errors import ContrlError
 from contrl.nets.acer import ACERNet
 from contrl.nets.actor_critic import ActorCritic
@@ -122,7 +123,8 @@ def evaluate(agent: Agent, episodes: int, seed: int, deterministic: bool = True,
     envs = [make_env(env, env_kwargs) for _ in range(k)]
     check_compatible(agent, envs[0])
     gen = torch.Generator().manual_seed(seed)
-    obs = [e.reset(seed=seed + i)[0] for i, e in enumerate(envs)]
+    name = f"{env} (evaluation)"
+    obs = [env_call(e, name, i, "reset", seed=seed + i)[0] for i, e in enumerate(envs)]
     returns: list[list[float]] = [[] for _ in range(k)]
     lengths: list[list[int]] = [[] for _ in range(k)]
     ep_ret, ep_len = [0.0] * k, [0] * k
@@ -133,7 +135,7 @@ def evaluate(agent: Agent, episodes: int, seed: int, deterministic: bool = True,
         actions, state[rows] = agent.policy(np.stack([obs[i] for i in active]), state[rows], deterministic, gen)
         still = []
         for j, i in enumerate(active):
-            o, r, term, trunc, _ = envs[i].step(actions[j])
+            o, r, term, trunc, _ = env_call(envs[i], name, i, "step", actions[j])
             ep_ret[i] += float(r)
             ep_len[i] += 1
             if term or trunc:
@@ -143,7 +145,7 @@ def evaluate(agent: Agent, episodes: int, seed: int, deterministic: bool = True,
                 state[i] = 0.0
                 if len(returns[i]) >= share[i]:
                     continue
-                o, _ = envs[i].reset()
+                o, _ = env_call(envs[i], name, i, "reset")
             obs[i] = o
             still.append(i)
         active = still

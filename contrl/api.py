@@ -79,13 +79,19 @@ def train(
         cfg = build_config(algo, env, preset=preset, steps=steps, seed=seed, env_kwargs=env_kwargs, overrides=overrides,
                            net=net, mask_velocity=mask_velocity)
         run_dir = Path(out) if out is not None else _default_run_dir(cfg.algo, cfg.env, cfg.seed)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ContrlError(f"--out '{run_dir}' is a file, not a folder; give a folder (it is created) or another --out")
         if run_dir.exists() and any(run_dir.iterdir()):
             if not force:
                 raise ContrlError(f"run folder '{run_dir}' already exists; use --resume {run_dir} to continue it, "
                                   f"--force to overwrite it, or another --out")
             shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(cfg.to_json() + "\n")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(cfg.to_json() + "\n")
+    except OSError as e:
+        raise ContrlError(f"cannot write the run folder '{run_dir}' ({e.strerror or e}); give a writable --out with "
+                          f"free space") from None
     if not quiet:
         log(("resuming" if resume is not None else "training") + f" {cfg.algo} on {cfg.env} -> {run_dir}")
         log(f"config (preset: {cfg.preset or 'none'}):\n{cfg.to_json()}")

@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
-from contrl.errors import ContrlError
+from contrl.errors import ContrlError, Fault, one_line_warnings
 
 
 def _fmt_eval(ev: dict) -> str:
@@ -238,12 +239,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _record(target: str, e: Fault) -> str:
+    """An eval/play fault's details into the run folder's messages.log; where they went."""
+    run = Path(target)
+    run = run if run.is_dir() else run.parent.parent if run.parent.name == "checkpoints" else None
+    if run is None or not e.details:
+        return ""
+    try:
+        with open(run / "messages.log", "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} contrl {sys.argv[1] if len(sys.argv) > 1 else ''}: "
+                    f"{e}\n{e.details}\n")
+    except OSError:
+        return ""
+    return f" (details: {run / 'messages.log'})"
+
+
 def main(argv: Optional[list[str]] = None) -> int:
+    one_line_warnings()
+    args = None
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)
     except ContrlError as e:
-        print(f"contrl: error: {e}", file=sys.stderr)
+        where = _record(args.target, e) if isinstance(e, Fault) and hasattr(args, "target") else ""
+        print(f"contrl: error: {e}{where}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("contrl: interrupted", file=sys.stderr)

@@ -245,6 +245,10 @@ class Config:
     checkpoint_every: int = 0  # save latest.pt every N steps (0: at each evaluation)
     log_every: int = 0  # a progress.csv row every N steps (0: per update, >= 1,000 steps; a3c: ~1 s)
     power_watts: float = 0.0  # watts per busy core for the energy estimate (CPU-s x W; 0: off)
+    # a non-finite observation, reward, action, loss or gradient: stop (the last good checkpoints
+    # kept) | skip_update (drop that update, count it; stop after max_skipped in a row)
+    nan_policy: str = "stop"
+    max_skipped: int = 10  # nan_policy skip_update: skipped updates in a row before the run stops
     threads: int = 1  # torch intra-op threads (tiny nets are fastest on one); per worker for a3c
     workers: int = 2  # async/ray runners: worker processes or Ray actors, each stepping n_envs envs
     max_restarts: int = 3  # async/ray runners: restarts of a dead worker before the run stops with an error
@@ -355,7 +359,10 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         return str(value)
     if origin is list:
         if isinstance(value, str):
-            value = yaml.safe_load(value)
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                raise bad from None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value]
         if not isinstance(value, (list, tuple)):
@@ -423,7 +430,11 @@ def _set(cfg: Config, key: str, value: Any) -> None:
     sec, name = resolve_key(key, cfg.algo)
     target = getattr(cfg, sec) if sec else cfg
     hint = _hints(type(target))[name]
-    setattr(target, name, _coerce(key, value, hint))
+    value = _coerce(key, value, hint)
+    if key == "algo" and value != cfg.algo:
+        raise ContrlError(f"'algo' is the algorithm the run was started with ({cfg.algo}); choose another with "
+                          f"contrl train ALGO, not with a key")
+    setattr(target, name, value)
 
 
 def parse_assignments(items: list[str], what: str = "--set") -> dict:
@@ -572,6 +583,8 @@ def validate(cfg: Config) -> None:
     _need(cfg.threads >= 1, f"threads must be >= 1, got {cfg.threads}")
     _need(cfg.power_watts >= 0, f"power_watts must be >= 0 (0: no energy estimate), got {cfg.power_watts}; "
                                 f"use e.g. --power-watts 15")
+    _need(cfg.nan_policy in ("stop", "skip_update"), f"nan_policy must be stop or skip_update, got '{cfg.nan_policy}'")
+    _need(cfg.max_skipped >= 1, f"max_skipped must be >= 1, got {cfg.max_skipped}")
     algo = ALGOS[cfg.algo]
     if cfg.runner not in algo.runners:
         hint = " (a2c on asynchronous workers is a3c: contrl train a3c)" if cfg.algo == "a2c" else ""

@@ -30,25 +30,6 @@ class ConstantEnv(gym.Env):
         return np.array([0.5, -0.5], np.float32), 1.0, done and self.terminate, done and not self.terminate, {}
 
 
-class FailingEnv(gym.Env):
-    """CartPole-like spaces; ``step`` raises after ``fail_after`` steps (a crashing simulator)."""
-
-    def __init__(self, fail_after: int = 30):
-        self.observation_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
-        self.action_space = gym.spaces.Discrete(2)
-        self.fail_after, self.t = fail_after, 0
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        return np.zeros(4, np.float32), {}
-
-    def step(self, action):
-        self.t += 1
-        if self.t > self.fail_after:
-            raise RuntimeError("simulator exploded")
-        return np.zeros(4, np.float32), 1.0, False, self.t % 10 == 0, {}
-
-
 class RecallEnv(gym.Env):
     """A memory task. The first observation shows a cue (+1 or -1); for the next ``delay`` steps
     the observation carries no cue; at the last step (flagged in the observation) the action

@@ -26,8 +26,8 @@ def trained(tmp_path_factory):
     return d / "run", p
 
 
-def one_line_error(p, *words):
-    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+def one_line_error(p, *words, code=2):
+    assert p.returncode == code, (p.returncode, p.stdout, p.stderr)
     lines = [l for l in p.stderr.strip().splitlines() if l.strip()]
     assert len(lines) == 1 and lines[0].startswith("contrl: error:"), p.stderr
     assert "Traceback" not in p.stderr

@@ -135,9 +135,10 @@ def test_ctrl_c_leaves_a_loadable_checkpoint_and_no_processes_then_resume(tmp_pa
 
 
 def test_worker_failing_past_its_retries_stops_with_one_line(run_cli):
-    p = run_cli("train", "a3c", "--env", "tests.envs:FailingEnv", "--steps", "100000", "--workers", "1",
-                "--set", "max_restarts=1", "--out", "run", "--no-tensorboard", "--quiet")
-    one_line_error(p, "worker 0 failed 2 times", "RuntimeError: simulator exploded", "no checkpoint was saved yet")
+    p = run_cli("train", "a3c", "--env", "tests.faulty:Faulty", "--env-kwargs", "fault=raise", "after=30", "--steps",
+                "100000", "--workers", "1", "--set", "max_restarts=1", "--out", "run", "--no-tensorboard", "--quiet")
+    one_line_error(p, "worker 0 failed 2 times", "raised RuntimeError in step(): simulator exploded",
+                   "no checkpoint was saved yet", code=1)
 
 
 @pytest.mark.parametrize("env,extra", [
@@ -185,3 +186,20 @@ def test_worker_obs_statistics_merge_into_one_shared_normaliser():
     assert math.isclose(got.count, ref.count)
     assert np.allclose(w2.rms.mean, ref.mean, atol=1e-5)  # the last to sync sees everything
 
+
+
+def test_resume_restores_each_workers_reward_scaler(tmp_path):
+    """norm_reward on Hogwild: each worker's reward statistics are in the checkpoint and a
+    resumed run's workers continue them (the count goes on from where it was); the summary and
+    messages.log say what a resume restores."""
+    kw = dict(quiet=True, tensorboard=False)
+    ov = {"norm_reward": True, "eval_episodes": 1, "final_eval_episodes": 0, "workers": 2}
+    train("a3c", "Pendulum-v1", steps=6000, seed=0, out=tmp_path / "run", overrides=ov, **kw)
+    ckpt = tmp_path / "run" / "checkpoints" / "latest.pt"
+    before = torch.load(ckpt, weights_only=True)["train_state"]["reward_stats"]
+    assert before.shape == (2, 3) and (before[:, 2] > 200).all(), before  # per worker: mean, var, count
+    agent = train(resume=tmp_path / "run", steps=12_000, **kw)
+    after = torch.load(ckpt, weights_only=True)["train_state"]["reward_stats"]
+    assert (after[:, 2] > before[:, 2] + 200).all(), (before, after)
+    assert "reward scaler" in agent.summary["resumed"]["restored"] and agent.summary["resumed"]["step"] >= 6000
+    assert "resumed at step" in (tmp_path / "run" / "messages.log").read_text()

@@ -181,3 +181,17 @@ def test_ray_errors(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     with pytest.raises(ContrlError, match=r'--runner ray needs Ray: pip install "contrl\[ray\]"'):
         _ray_train("ppo", 4096, 0, tmp_path / "e")
+
+
+def test_async_resume_restores_each_actors_reward_scaler(tmp_path):
+    """The asynchronous pattern with norm_reward: each actor's reward statistics travel with its
+    answers, are saved, and the actors of a resumed run start from them."""
+    over = {"norm_reward": True, "workers": 2, "n_envs": 1, "eval_episodes": 1, "final_eval_episodes": 0}
+    _ray_train("a3c", 2000, 0, tmp_path / "run", **over)
+    ckpt = tmp_path / "run" / "checkpoints" / "latest.pt"
+    before = json.loads(torch.load(ckpt, weights_only=True)["train_state"]["reward_stats"])
+    assert all(s["count"] > 300 for s in before), before
+    agent = train(resume=tmp_path / "run", steps=4000, quiet=True, tensorboard=False)
+    after = json.loads(torch.load(ckpt, weights_only=True)["train_state"]["reward_stats"])
+    assert all(a["count"] > b["count"] + 300 for a, b in zip(after, before)), (before, after)
+    assert "reward scaler" in agent.summary["resumed"]["restored"]

@@ -13,4 +13,6 @@ RULES = {"ppo": PPO, "a2c": A2C, "acer": ACER}
 def make_rule(cfg, model, n_envs: int, memory: bool = True) -> Rule:
     """The update rule of run config ``cfg`` on ``model``, for updates on ``n_envs`` envs;
     ``memory=False``: without a replay memory (where workers keep their own)."""
-    return RULES[cfg.rule](model, cfg.algo_config(), n_envs=n_envs, seq_len=cfg.seq_len, memory=memory)
+    rule = RULES[cfg.rule](model, cfg.algo_config(), n_envs=n_envs, seq_len=cfg.seq_len, memory=memory)
+    rule.nan_policy, rule.max_skipped = cfg.nan_policy, cfg.max_skipped
+    return rule

@@ -27,6 +27,9 @@ class A2C(Rule):
 
     def updates(self, rollout: Rollout, generator: Optional[torch.Generator] = None) -> Iterator[dict]:
         """One gradient: n-step (GAE) targets, then the loss on every sample of the rollout."""
+        if rollout.nonfinite:
+            yield self.drop(rollout.nonfinite)
+            return
         rollout.finish(self.cfg.gamma, self.cfg.gae_lambda)
         yield {**self.gradients(rollout), "explained_variance": rollout.explained_variance()}
 
@@ -49,5 +52,6 @@ class A2C(Rule):
         for p in self.params:
             p.grad = None
         loss.backward()
-        self.clip_gradients()
+        if not self.checked(loss):
+            return {"skipped_updates": 1.0}
         return {"policy_loss": policy_loss.item(), "value_loss": value_loss.item(), "entropy": entropy.item()}

@@ -96,6 +96,10 @@ class ACER(Rule):
 
     def updates(self, rollout: Rollout, generator: torch.Generator) -> Iterator[dict]:
         """The on-policy gradient of the new segment, then Poisson(replay_ratio) replayed ones."""
+        self.replayed = 0
+        if rollout.nonfinite:  # nan_policy skip_update: neither learned from nor stored
+            yield self.drop(rollout.nonfinite)
+            return
         seg = Segment.from_rollout(rollout)
         yield self.gradients(seg, generator)
         self.replayed = self.store(seg, generator)
@@ -123,8 +127,7 @@ class ACER(Rule):
         for p in self.params:
             p.grad = None
         loss.backward()
-        self.clip_gradients()
-        return stats
+        return stats if self.checked(loss) else {"skipped_updates": 1.0}
 
     def step(self) -> None:
         """7. The optimiser steps the gradients in ``.grad``, then the average network follows."""

@@ -25,9 +25,11 @@ class PPO(Rule):
 
     def update(self, rollout: Rollout, generator: torch.Generator) -> dict:
         cfg, model = self.cfg, self.model
+        if rollout.nonfinite:  # nan_policy skip_update: an env returned a non-finite value
+            return self.drop(rollout.nonfinite)
         rollout.finish(cfg.gamma, cfg.gae_lambda)  # GAE advantages and returns
         stats = []  # per minibatch: policy loss, value loss, entropy, approx KL, clip fraction
-        stop = False
+        stop, skipped = False, 0
         for _epoch in range(cfg.n_epochs):
             for mb in rollout.minibatches(cfg.batch_size, generator):  # samples, or sequences (LSTM)
                 pi_out, values = model.forward_batch(mb)
@@ -53,7 +55,9 @@ class PPO(Rule):
 
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                self.clip_gradients()
+                if not self.checked(loss):  # non-finite (nan_policy skip_update): not applied
+                    skipped += 1
+                    continue
                 self.optimizer.step()
 
                 with torch.no_grad():
@@ -65,8 +69,9 @@ class PPO(Rule):
                     break
             if stop:
                 break
-        means = torch.stack(stats).mean(0).tolist()
-        out = dict(zip(("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction"), means))
-        out["epochs_done"] = _epoch + 1
+        out = {"epochs_done": _epoch + 1, "skipped_updates": skipped}
+        if stats:
+            means = torch.stack(stats).mean(0).tolist()
+            out.update(zip(("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction"), means))
         out["explained_variance"] = rollout.explained_variance()
         return out

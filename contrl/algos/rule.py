@@ -14,15 +14,22 @@ A2C: GAE; ACER: Retrace). The runners see only this:
 - ``weights()``: the tensors a copy of the rule needs to compute the same gradients;
 - ``memory`` / ``memory_size()``: a replay memory, for rules that keep one;
 - ``share_memory()``, ``state_dict()`` / ``load_state_dict()``.
+
+Every gradient is checked before it is applied (``checked``): a non-finite loss or gradient
+norm raises :class:`NonFinite` (``nan_policy: stop``) or drops that update (``skip_update``:
+stats ``skipped_updates``, nothing applied; ``max_skipped`` in a row raise), so the weights
+never take a non-finite step.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
 from torch import nn
 
+from contrl.errors import NonFinite
 from contrl.storage.rollout import Rollout
 
 
@@ -34,6 +41,7 @@ def model_tensors(model: nn.Module) -> list[torch.Tensor]:
 class Rule:
     keeps_behaviour = False  # rollouts also keep what replay needs
     memory = None  # the replay memory of a rule that keeps one
+    nan_policy, max_skipped = "stop", 10  # make_rule sets the run's
 
     def __init__(self, model: nn.Module, cfg, n_envs: int = 1, seq_len: int = 0, memory: bool = True):
         """``n_envs``: envs per update; ``seq_len``: training sequence length of a recurrent
@@ -41,6 +49,7 @@ class Rule:
         self.model, self.cfg, self.n_envs, self.seq_len = model, cfg, n_envs, seq_len
         self.params = list(model.parameters())
         self.optimizer = None  # set by the rule
+        self.updates_done = self.skipped_in_a_row = 0
 
     def new_rollout(self, n_envs: int) -> Rollout:
         m = self.model
@@ -59,18 +68,49 @@ class Rule:
         here, in turn; the mean of their statistics. PPO has its own."""
         stats = []
         for s in self.updates(rollout, generator):
-            self.step()
+            if not s.get("skipped_updates"):
+                self.step()
             stats.append(s)
-        return {key: sum(s[key] for s in stats) / len(stats) for key in stats[0]}
+        out = {key: sum(s.get(key, 0.0) for s in stats) / len(stats) for key in stats[0]}
+        out["skipped_updates"] = sum(s.get("skipped_updates", 0.0) for s in stats)  # a count
+        return out
 
     def step(self) -> None:
         """The optimiser steps the gradients in ``params``' ``.grad``."""
         self.optimizer.step()
 
-    def clip_gradients(self) -> None:
-        """Gradient-norm clipping at ``max_grad_norm`` (0: off)."""
+    def checked(self, loss: torch.Tensor) -> bool:
+        """After ``loss.backward()``: clip the gradient norm at ``max_grad_norm`` (0: off) and check
+        the loss and the norm. True: apply the update. Non-finite: ``drop`` it (the gradients
+        cleared) and return False, or raise."""
+        grads = [p.grad for p in self.params if p.grad is not None]
         if self.cfg.max_grad_norm > 0:
-            nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm, foreach=True)
+            norm = nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm, foreach=True)
+        else:
+            norm = nn.utils.get_total_norm(grads, foreach=True)
+        self.updates_done += 1
+        loss_ok = math.isfinite(loss.item())
+        if loss_ok and math.isfinite(norm.item()):
+            self.skipped_in_a_row = 0
+            return True
+        what = "gradient" if loss_ok else "loss"
+        for p in self.params:
+            p.grad = None
+        self.drop(f"a non-finite {what} in update {self.updates_done:,} (a learning rate too high for the task? "
+                  f"lower lr, or drop such updates with --set nan_policy=skip_update)")
+        return False
+
+    def drop(self, what: str) -> dict:
+        """An update that cannot be applied (``what``: why): raise :class:`NonFinite`, or with
+        ``nan_policy: skip_update`` count it and return its statistics (past ``max_skipped`` in a
+        row: raise)."""
+        if self.nan_policy != "skip_update":
+            raise NonFinite(what)
+        self.skipped_in_a_row += 1
+        if self.skipped_in_a_row >= self.max_skipped:
+            raise NonFinite(f"{self.skipped_in_a_row} updates in a row were skipped (nan_policy skip_update; "
+                            f"the last: {what})")
+        return {"skipped_updates": 1.0}
 
     def weights(self) -> list[torch.Tensor]:
         """What a copy of the rule needs to compute the same gradients: the model's tensors."""

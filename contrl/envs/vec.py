@@ -15,13 +15,15 @@ import json
 import multiprocessing as mp
 import signal
 import time
+import traceback
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
 
 from contrl.envs.make import make_env
-from contrl.errors import ContrlError
+from contrl.errors import ContrlError, EnvError, Fault, one_line_warnings
 
 
 @dataclass
@@ -38,17 +40,61 @@ def _rng_of(env):
     return getattr(env.unwrapped, "_np_random", None)
 
 
-class EnvSlot:
-    """One environment with auto-reset, episode stats and exact save/restore by replay."""
+def env_call(env, name: str, index: int, method: str, *args, **kwargs):
+    """``env.method(*args, **kwargs)``; whatever the env raises becomes an :class:`EnvError`
+    naming it, with the traceback as its details."""
+    try:
+        return getattr(env, method)(*args, **kwargs)
+    except ContrlError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever the env raises, reported with its name
+        raise env_error(e, name, index, method) from None
 
-    def __init__(self, env, seed: int):
-        self.env = env
-        self.seed = seed
+
+def env_error(e: Exception, name: str, index: int, method: str) -> EnvError:
+    msg = (str(e).strip().splitlines() or [""])[0][:300]
+    return EnvError(f"environment '{name}' (env {index}) raised {type(e).__name__} in {method}(): {msg}",
+                    traceback.format_exc())
+
+
+def check_obs(obs, shape: tuple, name: str, index: int, where: str, space=None) -> None:
+    """The shape and kind of an observation against its space (an error); with ``space``, its
+    bounds too (a warning, shown once)."""
+    a = np.asarray(obs)
+    if a.shape != shape or a.dtype.kind not in "biuf":
+        raise EnvError(f"environment '{name}' (env {index}) returned an observation of shape {a.shape} ({a.dtype}) "
+                       f"at {where}; its observation_space declares {shape}: fix the env or its space")
+    if space is not None and not (np.all(a >= space.low) and np.all(a <= space.high)):
+        warnings.warn(f"environment '{name}' returns observations outside its observation_space bounds; contrl "
+                      f"trains on them as they are (fix the space to silence this)", stacklevel=2)
+
+
+class EnvSlot:
+    """One environment with auto-reset, episode stats and exact save/restore by replay.
+
+    An exception from the env becomes an :class:`EnvError` naming the env (its traceback in the
+    error's details); an observation whose shape or kind does not fit the declared space (checked
+    at every reset and the first ``CHECKED_STEPS`` steps) a one-line :class:`ContrlError`.
+    """
+
+    CHECKED_STEPS = 4
+
+    def __init__(self, env, seed: int, name: str = "env", index: int = 0):
+        self.env, self.seed, self.name, self.index = env, seed, name, index
         self.discrete = hasattr(env.action_space, "n")
+        self.shape = tuple(env.observation_space.shape)
+        self.unchecked = self.CHECKED_STEPS  # steps whose observation is still checked
         self.reset()
 
+    def _call(self, method: str, *args, **kwargs):
+        return env_call(self.env, self.name, self.index, method, *args, **kwargs)
+
+    def _check(self, obs, where: str):
+        check_obs(obs, self.shape, self.name, self.index, where, self.env.observation_space)
+        return obs
+
     def reset(self) -> np.ndarray:
-        obs, _ = self.env.reset(seed=self.seed)
+        obs = self._check(self._call("reset", seed=self.seed)[0], "reset")
         self.start = {"seed": self.seed}
         self.actions: list = []
         self.ep_return, self.ep_len = 0.0, 0
@@ -57,7 +103,15 @@ class EnvSlot:
 
     def step(self, action):
         action = int(action) if self.discrete else np.array(action, copy=True)
-        obs, reward, terminated, truncated, _ = self.env.step(action)
+        try:  # (inline rather than env_call: this is the hot path)
+            obs, reward, terminated, truncated, _ = self.env.step(action)
+        except ContrlError:
+            raise
+        except Exception as e:  # noqa: BLE001 - whatever the env raises, reported with its name
+            raise env_error(e, self.name, self.index, "step") from None
+        if self.unchecked:
+            self.unchecked -= 1
+            self._check(obs, "a step")
         self.actions.append(action)
         self.ep_return += float(reward)
         self.ep_len += 1
@@ -66,7 +120,7 @@ class EnvSlot:
             final, episode = obs, (self.ep_return, self.ep_len)
             rng = _rng_of(self.env)
             self.start = {"rng": json.dumps(rng.bit_generator.state)} if rng is not None else {"unseeded": True}
-            obs, _ = self.env.reset()
+            obs = self._check(self._call("reset")[0], "reset")
             self.actions = []
             self.ep_return, self.ep_len = 0.0, 0
         self.obs = obs
@@ -83,17 +137,17 @@ class EnvSlot:
     def set_state(self, state: dict) -> np.ndarray:
         start = state["start"]
         if "seed" in start:
-            obs, _ = self.env.reset(seed=start["seed"])
+            obs, _ = self._call("reset", seed=start["seed"])
         else:
             if "rng" in start and _rng_of(self.env) is not None:
                 gen = np.random.Generator(np.random.PCG64())
                 gen.bit_generator.state = json.loads(start["rng"])
                 self.env.unwrapped._np_random = gen
-            obs, _ = self.env.reset()
+            obs, _ = self._call("reset")
         actions = state["actions"]
         for a in actions:
             a = int(a) if self.discrete else np.asarray(a, dtype=self.env.action_space.dtype)
-            obs, _, term, trunc, _ = self.env.step(a)
+            obs, _, term, trunc, _ = self._call("step", a)
             if term or trunc:
                 raise ContrlError("cannot resume: the environment is not deterministic given its seed "
                                   "(replaying the saved actions ended the episode early); start a new run")
@@ -108,15 +162,17 @@ def _step_slots(slots: list[EnvSlot], actions) -> list:
     return [s.step(a) for s, a in zip(slots, actions)]
 
 
-def _worker(conn, env: str, env_kwargs: dict, seeds: list[int]) -> None:
-    # Ctrl-C reaches the whole process group; the learner handles it (finishes the update,
-    # saves a checkpoint) and closes the workers, so they ignore it.
+def _worker(conn, env: str, env_kwargs: dict, seeds: list[int], first: int) -> None:
+    # Ctrl-C and SIGTERM reach the whole process group; the learner handles them (finishes the
+    # update, saves a checkpoint) and closes the workers, so they ignore them.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    one_line_warnings()
     try:
         import torch
 
         torch.set_num_threads(1)
-        slots = [EnvSlot(make_env(env, env_kwargs), s) for s in seeds]
+        slots = [EnvSlot(make_env(env, env_kwargs), s, env, first + i) for i, s in enumerate(seeds)]
         conn.send(("ok", [s.obs for s in slots]))
         while True:
             cmd, data = conn.recv()
@@ -135,7 +191,8 @@ def _worker(conn, env: str, env_kwargs: dict, seeds: list[int]) -> None:
         return
     except Exception as e:  # noqa: BLE001 - forwarded to the parent
         try:
-            conn.send(("error", f"{type(e).__name__}: {e}"))
+            details = getattr(e, "details", "") or traceback.format_exc()
+            conn.send(("error", (type(e).__name__, str(e), details)))
         except Exception:  # noqa: BLE001
             pass
 
@@ -144,15 +201,17 @@ class VecEnv:
     """N environments in lock-step; ``step(actions)`` returns a :class:`StepResult`."""
 
     def __init__(self, env: str, env_kwargs: dict, seeds: list[int], subprocess: bool = False,
-                 n_procs: Optional[int] = None):
-        self.n = len(seeds)
+                 n_procs: Optional[int] = None, first: int = 0):
+        """``first``: the index of the first env among the run's (for messages)."""
+        self.n, self.env_id, self.first = len(seeds), env, first
         self.subprocess = subprocess
         self._closed = False
         probe = make_env(env, env_kwargs)
         self.observation_space, self.action_space = probe.observation_space, probe.action_space
         self.obs_dim = int(np.prod(self.observation_space.shape))
         if not subprocess:
-            self.slots = [EnvSlot(probe if i == 0 else make_env(env, env_kwargs), s) for i, s in enumerate(seeds)]
+            self.slots = [EnvSlot(probe if i == 0 else make_env(env, env_kwargs), s, env, first + i)
+                          for i, s in enumerate(seeds)]
             self.obs = self._stack([s.obs for s in self.slots])
             return
         probe.close()
@@ -163,7 +222,8 @@ class VecEnv:
         self.conns, self.procs = [], []
         for idx in self.chunks:
             parent, child = ctx.Pipe()
-            p = ctx.Process(target=_worker, args=(child, env, env_kwargs, [seeds[i] for i in idx]), daemon=True)
+            p = ctx.Process(target=_worker, args=(child, env, env_kwargs, [seeds[i] for i in idx], first + idx[0]),
+                            daemon=True)
             p.start()
             child.close()
             self.conns.append(parent)
@@ -172,19 +232,29 @@ class VecEnv:
         self.obs = self._stack([o for chunk in first for o in chunk])
 
     def _stack(self, obs_list) -> np.ndarray:
-        return np.asarray(obs_list, dtype=np.float32).reshape(len(obs_list), self.obs_dim)
+        try:
+            return np.asarray(obs_list, dtype=np.float32).reshape(len(obs_list), self.obs_dim)
+        except (ValueError, TypeError):  # an env returned another shape or kind than its space declares
+            for i, o in enumerate(obs_list):
+                check_obs(o, tuple(self.observation_space.shape), self.env_id, self.first + i, "a step")
+            raise
 
     def _gather(self) -> list:
         out = []
         for i, c in enumerate(self.conns):
             try:
                 status, data = c.recv()
-            except EOFError:
-                raise RuntimeError(f"environment worker {i} died (exit code {self.procs[i].exitcode})") from None
+            except (EOFError, OSError):
+                self.procs[i].join(1)
+                raise Fault(f"environment subprocess {i} (pid {self.procs[i].pid}) died (exit code "
+                            f"{self.procs[i].exitcode})") from None
             if status == "error":
-                if data.startswith("ContrlError: "):
-                    raise ContrlError(data[len("ContrlError: "):])
-                raise RuntimeError(f"environment worker {i} failed: {data}")
+                kind, message, details = data
+                if kind == "ContrlError":
+                    raise ContrlError(message)
+                if kind == "EnvError":
+                    raise EnvError(message, details)
+                raise Fault(f"environment subprocess {i} failed: {kind}: {message}", details)
             out.append(data)
         return out
 
@@ -197,7 +267,10 @@ class VecEnv:
                 return [s.get_state() for s in self.slots]
             return [s.set_state(st) for s, st in zip(self.slots, per_env)]
         for c, idx in zip(self.conns, self.chunks):
-            c.send((cmd, [per_env[i] for i in idx] if per_env is not None else None))
+            try:
+                c.send((cmd, [per_env[i] for i in idx] if per_env is not None else None))
+            except OSError:  # it died: _gather says how
+                pass
         return [r for chunk in self._gather() for r in chunk]
 
     def step(self, actions: np.ndarray) -> StepResult:
@@ -253,13 +326,13 @@ class VecEnv:
 def env_step_seconds(env: str, env_kwargs: dict, steps: int = 200) -> float:
     """Mean wall seconds of one random-action step, to choose in-process vs subprocess."""
     e = make_env(env, env_kwargs)
-    e.reset(seed=0)
+    env_call(e, env, 0, "reset", seed=0)
     e.action_space.seed(0)
     t0 = time.perf_counter()
     for _ in range(steps):
-        _, _, term, trunc, _ = e.step(e.action_space.sample())
+        _, _, term, trunc, _ = env_call(e, env, 0, "step", e.action_space.sample())
         if term or trunc:
-            e.reset()
+            env_call(e, env, 0, "reset")
     dt = (time.perf_counter() - t0) / steps
     e.close()
     return dt

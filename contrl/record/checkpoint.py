@@ -6,26 +6,34 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import traceback
 import warnings
 import zipfile
 from pathlib import Path
 
 import torch
 
-from contrl.errors import ContrlError
+from contrl.errors import ContrlError, Fault
 
 FORMAT = "contrl-checkpoint-1"
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
-    """Write to a temporary file and rename: a crash mid-write never leaves a broken file."""
+    """Write to a temporary file and rename: a crash or a full disk mid-write never leaves a
+    broken file, and the previous checkpoint stays as it was (a :class:`Fault` says why)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": FORMAT, **payload}, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"format": FORMAT, **payload}, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch's zip writer reports a failed write as RuntimeError
+        tmp.unlink(missing_ok=True)
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else (str(e).splitlines() or [""])[0]
+        raise Fault(f"cannot write the checkpoint {path} ({reason}); free some disk space or fix the folder's "
+                    f"permissions", traceback.format_exc()) from None
 
 
 def load_checkpoint(path: Path) -> dict:

@@ -15,6 +15,7 @@ PROGRESS_FIELDS = [
     "step", "wall_s", "cpu_s", "peak_mem_mb", "energy_wh", "episode_return", "episode_length", "episodes", "policy_loss", "value_loss",
     "entropy", "approx_kl", "clip_fraction", "explained_variance",
     "q_loss", "rho", "kl_avg", "trust_region_active", "replay_updates",  # acer
+    "skipped_updates",  # nan_policy skip_update: updates dropped so far
     "lr", "steps_per_s",
     "eval_return", "eval_return_std",
 ]
@@ -156,11 +157,18 @@ class Logger:
         sys.stderr.write(text + "\n")
         sys.stderr.flush()
 
+    def detail(self, text: str) -> None:
+        """Text for messages.log only (a traceback behind a one-line error)."""
+        if not self._mf.closed:
+            self._mf.write(text.rstrip("\n") + "\n")
+            self._mf.flush()
+
     def close(self) -> None:
         if self.tty and not self.quiet:
             sys.stderr.write("\n")
-        for f in (self._pf, self._ef, self._mf):
-            if not f.closed:
-                f.close()
-        if self.tb is not None:
-            self.tb.close()
+        for f in (self._pf, self._ef, self._mf, self.tb):
+            try:  # after a failed write (a full disk) closing fails too: the error already said so
+                if f is not None and not getattr(f, "closed", False):
+                    f.close()
+            except OSError:
+                pass

@@ -8,6 +8,7 @@ from typing import Optional
 import numpy as np
 
 from contrl.envs.make import headless, make_env, prepare_headless_rendering
+from contrl.envs.vec import env_call
 from contrl.errors import ContrlError
 
 
@@ -38,13 +39,13 @@ def play(agent, episodes: int = 1, video: Optional[str | Path] = None, seed: int
     frames, returns = [], []
     try:
         for ep in range(episodes):
-            obs, _ = env.reset(seed=seed + ep)
+            obs, _ = env_call(env, agent.config.env, 0, "reset", seed=seed + ep)
             agent.reset()  # a recurrent agent starts each episode from the zero state
             total, done = 0.0, False
             while not done:
                 if video is not None:
                     frames.append(np.asarray(env.render()))
-                obs, r, term, trunc, _ = env.step(agent.act(obs, deterministic))
+                obs, r, term, trunc, _ = env_call(env, agent.config.env, 0, "step", agent.act(obs, deterministic))
                 total += float(r)
                 done = term or trunc
             if video is not None:

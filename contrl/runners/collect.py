@@ -15,6 +15,7 @@ bootstrap value of a truncated episode uses the state that saw its last observat
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional
 
 import numpy as np
@@ -24,6 +25,7 @@ from contrl.agent import Agent, build_model
 from contrl.algos import make_rule
 from contrl.envs.normalize import RewardScaler
 from contrl.envs.vec import StepResult, VecEnv
+from contrl.errors import Fault, NonFinite
 from contrl.storage.rollout import Rollout
 
 
@@ -32,15 +34,24 @@ def collect(agent, venv: VecEnv, rollout: Rollout, generator: torch.Generator,
             on_step: Optional[Callable[[int, StepResult], None]] = None,
             state: Optional[torch.Tensor] = None) -> list:
     """Fill ``rollout`` with T steps from ``venv``, and ``rollout.last_values`` with V(s_T) of the
-    observation after it. Returns the episodes that ended, as (t, env, return, length)."""
+    observation after it. Returns the episodes that ended, as (t, env, return, length).
+
+    Non-finite observations or rewards from the envs (and non-finite actions, checked once per
+    rollout) raise :class:`NonFinite` naming the env and the step ``t``; with ``nan_policy:
+    skip_update`` they are set to 0 instead and ``rollout.nonfinite`` says what, so that the
+    rule drops the rollout's update. An env's exception (:class:`EnvError`) gets ``t`` too."""
     model = agent.model
     recurrent = model.recurrent
     h = state if state is not None else model.initial_state(venv.n)
     update_stats = agent.obs_norm is not None
+    skip = agent.config.nan_policy == "skip_update"
     rewards_np, dones_np = rollout.rewards.numpy(), rollout.dones.numpy()  # views: cheap writes
     rollout.trunc_values.zero_()
+    rollout.nonfinite = ""
     episodes: list = []
     obs = venv.obs
+    if not np.isfinite(obs).all():
+        _nonfinite(rollout, venv, -1, [("observation", obs)], skip)
     for t in range(rollout.T):
         obs_t = agent.preprocess(obs, update_stats=update_stats)
         with torch.inference_mode():
@@ -52,8 +63,18 @@ def collect(agent, venv: VecEnv, rollout: Rollout, generator: torch.Generator,
             logp = dist.log_prob(action)
             if rollout.mu is not None:  # ACER's replay: the behaviour policy
                 rollout.mu[t] = dist.params()
-        res = venv.step(agent.to_env(action))
+        try:
+            res = venv.step(agent.to_env(action))
+        except Fault as e:
+            e.t = t
+            raise
         done = res.terminated | res.truncated
+        any_done = done.any()
+        # one cheap test (a sum is non-finite if any term is, or on overflow: then the exact check finds nothing)
+        total = float(res.obs.sum()) + float(res.rewards.sum())
+        if not math.isfinite(total + float(res.final_obs.sum()) if any_done else total):
+            _nonfinite(rollout, venv, t, [("observation", res.obs), ("reward", res.rewards),
+                                          ("final observation", res.final_obs)], skip)
         rewards = scaler(res.rewards, done) if scaler is not None else res.rewards
         rollout.obs[t] = obs_t
         rollout.actions[t] = action
@@ -63,7 +84,7 @@ def collect(agent, venv: VecEnv, rollout: Rollout, generator: torch.Generator,
         dones_np[t] = done
         if rollout.mu is not None:  # ACER's replay: how and where episodes ended
             rollout.terminated[t] = torch.from_numpy(res.terminated)
-            if done.any():
+            if any_done:
                 idx = np.flatnonzero(done)
                 rollout.final_obs[t, torch.from_numpy(idx)] = agent.preprocess(res.final_obs[idx])
         boot = res.truncated & ~res.terminated
@@ -72,7 +93,7 @@ def collect(agent, venv: VecEnv, rollout: Rollout, generator: torch.Generator,
             with torch.inference_mode():
                 v_final = model.value_step(agent.preprocess(res.final_obs[idx]), h_next[torch.from_numpy(idx)])
             rollout.trunc_values[t, torch.from_numpy(idx)] = v_final
-        if recurrent and done.any():
+        if recurrent and any_done:
             with torch.inference_mode():
                 h_next[torch.from_numpy(done)] = 0.0  # a new episode starts from the zero state
         episodes.extend((t, *e) for e in res.episodes)
@@ -87,8 +108,30 @@ def collect(agent, venv: VecEnv, rollout: Rollout, generator: torch.Generator,
     rollout.last_values.copy_(last_values)
     if state is not None and recurrent:
         state.copy_(h)
+    if not torch.isfinite(rollout.actions).all():  # a policy gone astray (e.g. an infinite std)
+        _nonfinite(rollout, venv, rollout.T - 1, [("action", rollout.actions.transpose(0, 1).numpy())], skip)
     return episodes
 
+
+def _nonfinite(rollout: Rollout, venv: VecEnv, t: int, arrays: list, skip: bool) -> None:
+    """The first non-finite value of ``arrays`` ([n, ...] per env): raise, or (skip) zero them
+    all and mark the rollout."""
+    for what, arr in arrays:
+        bad = ~np.isfinite(np.asarray(arr, np.float64).reshape(len(arr), -1)).all(1)
+        if bad.any():
+            env = int(np.flatnonzero(bad)[0])
+            msg = (f"environment '{venv.env_id}' (env {venv.first + env}) returned a non-finite {what} "
+                   f"{np.asarray(arr[env]).reshape(-1)[:6].tolist()}")
+            if what == "action":
+                msg = f"the policy produced a non-finite action for env {venv.first + env}"
+            if not skip:
+                e = NonFinite(msg)
+                e.t = t
+                raise e
+            rollout.nonfinite = rollout.nonfinite or msg
+    if skip:
+        for _, arr in arrays:
+            np.nan_to_num(arr, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
 
 def episode_rows(episodes: list, step: int, n: int, first_env: int = 0) -> list:
     """``collect``'s episodes of a rollout of ``n`` envs that started at ``step``, as the logs
@@ -104,10 +147,12 @@ class Worker:
     before asking for a rollout or a gradient."""
 
     def __init__(self, cfg, seeds: list[int], torch_seed: int, obs_norm: Optional[Callable] = None,
-                 gradients: bool = True):
+                 gradients: bool = True, first: int = 0, reward_stats: Optional[dict] = None):
         """``obs_norm(dim)`` makes the worker's observation normaliser; ``gradients=False``: a
-        worker that only collects (no replay memory, rewards left unscaled for the learner)."""
-        self.venv = VecEnv(cfg.env, cfg.env_kwargs, seeds)
+        worker that only collects (no replay memory, rewards left unscaled for the learner);
+        ``first``: the index of its first env among the run's; ``reward_stats``: the statistics
+        its reward scaler continues from (a resumed or restarted worker)."""
+        self.venv = VecEnv(cfg.env, cfg.env_kwargs, seeds, first=first)
         spaces = self.venv.observation_space, self.venv.action_space
         model = build_model(cfg, *spaces)
         self.agent = Agent(cfg, model, *spaces, obs_norm(self.venv.obs_dim) if obs_norm is not None else None)
@@ -117,6 +162,8 @@ class Worker:
         self.rollout = self.rule.new_rollout(self.n)
         self.rnn_state = model.initial_state(self.n)  # carried across rollouts (truncated BPTT at their ends)
         self.scaler = RewardScaler(self.n, self.rule.cfg.gamma) if cfg.norm_reward and gradients else None
+        if self.scaler is not None and reward_stats:
+            self.scaler.rms.load_state_dict(reward_stats)
         self.pending = iter(())  # the gradients the last rollout still has to give
 
     def collect(self) -> list:

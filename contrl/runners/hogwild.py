@@ -20,6 +20,7 @@ import os
 import pickle
 import signal
 import time
+import traceback
 from multiprocessing import connection as mp_connection
 from pathlib import Path
 from typing import Callable
@@ -31,6 +32,7 @@ from contrl.agent import Agent, build_model
 from contrl.config import Config, config_from_dict
 from contrl.envs.make import env_spaces
 from contrl.envs.normalize import ObsNormalizer, WorkerObsNormalizer, merged_obs_stats, rms_to_row
+from contrl.errors import Fault, NonFinite, one_line_warnings
 from contrl.record.logger import StatsWindow
 from contrl.runners.collect import Worker, episode_rows
 from contrl.runners.loop import Envs, Restarts
@@ -40,15 +42,19 @@ STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}  # the coordinator's to handle: w
 
 
 def _worker(idx: int, launch: dict, cfg_json: str, rule, counters: torch.Tensor, base_step: int, stop, conn,
-            obs_table, threads: int, parent_pid: int) -> None:
+            obs_table, reward_table, threads: int, parent_pid: int) -> None:
     for s in STOP_SIGNALS:
         signal.signal(s, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    one_line_warnings()
     torch.set_num_threads(threads)
+    step, n = base_step, len(launch["env_seeds"])
     try:
         cfg = config_from_dict(json.loads(cfg_json))
         norm = None if obs_table is None else (lambda dim: WorkerObsNormalizer(obs_table, idx + 1, dim, cfg.clip_obs))
-        w = Worker(cfg, launch["env_seeds"], launch["torch_seed"], norm)
+        rewards = reward_table.numpy()[idx] if reward_table is not None else None  # its scaler: mean, var, count
+        stats = {"mean": rewards[0], "var": rewards[1], "count": rewards[2]} if rewards is not None and rewards[2] else None
+        w = Worker(cfg, launch["env_seeds"], launch["torch_seed"], norm, first=idx * n, reward_stats=stats)
         local, shared = w.rule.weights(), rule.weights()
         window, episodes = StatsWindow(), []
         conn.send(("ready",))
@@ -69,11 +75,14 @@ def _worker(idx: int, launch: dict, cfg_json: str, rule, counters: torch.Tensor,
                 w.agent.obs_norm.sync()
             rule.set_progress(step / cfg.steps)
             episodes += episode_rows(w.collect(), step, w.n, idx * w.n)
+            if rewards is not None:  # its reward scaler's statistics, for checkpoints and its restarts
+                rewards[:] = (float(w.scaler.rms.mean), float(w.scaler.rms.var), w.scaler.rms.count)
             steps = w.rollout.T * w.n
             for stats in w.rule.updates(w.rollout, w.gen):  # A2C: one gradient; ACER: + its replays
-                for p, q in zip(rule.params, w.rule.params):
-                    p.grad = q.grad
-                rule.step()
+                if not stats.get("skipped_updates"):  # (nan_policy skip_update: a non-finite one is dropped)
+                    for p, q in zip(rule.params, w.rule.params):
+                        p.grad = q.grad
+                    rule.step()
                 counters[idx, 0] += steps
                 counters[idx, 1] += 1
                 window.add(stats, steps)
@@ -87,15 +96,19 @@ def _worker(idx: int, launch: dict, cfg_json: str, rule, counters: torch.Tensor,
             w.agent.obs_norm.sync()
         send()
         w.venv.close()
-    except Exception as e:  # noqa: BLE001 - reported to the coordinator, which restarts the worker
+    except Exception as e:  # noqa: BLE001 - reported to the coordinator (which restarts the worker, or stops)
         try:
-            conn.send(("error", f"{type(e).__name__}: {e}"))
+            msg = str(e) if isinstance(e, Fault) else f"{type(e).__name__}: {e}"
+            details = getattr(e, "details", "") or traceback.format_exc()
+            conn.send(("error", isinstance(e, NonFinite), msg, details, step + (getattr(e, "t", -1) + 1) * n))
         finally:
             os._exit(1)
 
 
 class HogwildEnvs(Envs):
     timed_rows = True
+    resumes = ("the shared model, the rule's state, the observation statistics and each worker's reward scaler; "
+               "the workers start on fresh seeds (with empty replay memories)")
 
     def __init__(self, cfg: Config, log: Callable[[str], None], run_dir: Path):
         self.cfg, self.run_dir, self.log = cfg, run_dir, log
@@ -118,10 +131,12 @@ class HogwildEnvs(Envs):
         self.obs_table = torch.zeros(W + 1, 2 * agent.obs_dim + 1, dtype=torch.float64).share_memory_() \
             if cfg.norm_obs else None
         self.counters = torch.zeros(W, 2, dtype=torch.int64).share_memory_()  # per worker: steps, updates
+        # per worker: its reward scaler's statistics (mean, var, count of the discounted returns)
+        self.reward_table = torch.zeros(W, 3, dtype=torch.float64).share_memory_() if cfg.norm_reward else None
         self.ctx = mp.get_context("spawn")
         self.stop_event = self.ctx.Event()
         self.conns: list = [None] * W  # one pipe per worker: a worker killed mid-message spoils only its own
-        self.ready, self.restarts = [False] * W, Restarts(W, cfg.max_restarts, self.run_dir, self.log)
+        self.ready, self.restarts = [False] * W, Restarts(W, cfg.max_restarts, self.log)
         self.launches: list[dict] = []
         self.errors: dict[int, str] = {}
         self.sums: dict = {}
@@ -135,7 +150,7 @@ class HogwildEnvs(Envs):
         receiver, sender = self.ctx.Pipe(duplex=False)
         p = self.ctx.Process(target=_worker, daemon=True, args=(
             i, info, self.cfg.to_json(), self.rule, self.counters, self.base, self.stop_event, sender,
-            self.obs_table, self.threads, os.getpid()))
+            self.obs_table, self.reward_table, self.threads, os.getpid()))
         # children start with the stop signals blocked, so a Ctrl-C during their start-up cannot hit them
         old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
@@ -156,7 +171,7 @@ class HogwildEnvs(Envs):
             while c.poll():
                 msg = c.recv()
                 if msg[0] == "error":
-                    self.errors[i] = msg[1]
+                    self.errors[i] = msg[1:]  # (non-finite?, message, details, step)
                 elif msg[0] == "ready":
                     self.ready[i] = True
                 else:
@@ -187,12 +202,16 @@ class HogwildEnvs(Envs):
                 continue  # it saw the budget reached before this process did
             if self.conns[i] is not None:
                 self._read(i)  # its last words (the error it reported) may still be in the pipe
-            error = self.errors.pop(i, None)
+            nonfinite, error, details, at = self.errors.pop(i, (False, None, "", None))
+            if nonfinite:  # the shared weights never took it; restarting would meet it again
+                e = NonFinite(f"worker {i}: {error}", details)
+                e.step = at
+                raise e
             reason = error or (f"killed by signal {-p.exitcode}" if p.exitcode < 0 else f"exit code {p.exitcode}")
             if not self.ready[i] and error is None and p.exitcode > 0:
                 reason += (" during start-up; if you call contrl.train from a script, put the call under "
                            "`if __name__ == '__main__':` (workers start by importing the script)")
-            self.restarts.died(i, f"worker {i}", reason, "restarting it from the current global weights")
+            self.restarts.died(i, f"worker {i}", reason, "restarting it from the current global weights", details, at)
             self._launch(i)
 
     def _take(self) -> tuple[dict, int, int]:
@@ -235,11 +254,14 @@ class HogwildEnvs(Envs):
         return self.eval_agent
 
     def state(self) -> dict:  # resumed workers start on fresh seeds (see the module doc)
-        return {"next_seed": self.next_seed}
+        rewards = {"reward_stats": self.reward_table.clone()} if self.reward_table is not None else {}
+        return {"next_seed": self.next_seed, **rewards}
 
     def load_state(self, ts: dict) -> None:
         old = json.loads(ts["meta"]).get("next_seed", self.cfg.seed + 1000)  # where earlier checkpoints kept it
         self.next_seed = int(ts.get("next_seed", old))
+        if self.reward_table is not None and "reward_stats" in ts:
+            self.reward_table.copy_(ts["reward_stats"])
 
     def summary(self) -> dict:
         return {"workers": self.W, "worker_launches": self.launches, "worker_restarts": self.restarts.counts,

@@ -15,6 +15,7 @@ from typing import Callable
 from contrl.config import Config
 from contrl.envs.normalize import RewardScaler
 from contrl.envs.vec import make_vec
+from contrl.errors import Fault
 from contrl.runners.collect import collect, episode_rows
 from contrl.runners.loop import Envs
 
@@ -38,7 +39,12 @@ class LocalEnvs(Envs):
         return collect(self.agent, self.venv, self.rollout, self.gen, self.scaler, None, self.rnn_state)
 
     def iterate(self, step: int) -> tuple[dict, int, int]:
-        self.episodes(episode_rows(self.collect(), step, self.n))
+        try:
+            episodes = self.collect()
+        except Fault as e:  # the step it happened at: collect() knows the rollout's t
+            e.step = step + (getattr(e, "t", -1) + 1) * self.n
+            raise
+        self.episodes(episode_rows(episodes, step, self.n))
         return self.rule.update(self.rollout, self.gen), self.rollout.T * self.n, 1
 
     def state(self) -> dict:

@@ -17,6 +17,7 @@ import json
 import signal
 import threading
 import time
+import traceback
 from collections import deque
 from pathlib import Path
 from typing import Callable, Optional
@@ -28,7 +29,7 @@ from contrl.agent import Agent, build_model
 from contrl.algos import make_rule
 from contrl.config import Config
 from contrl.envs.normalize import ObsNormalizer
-from contrl.errors import ContrlError, Interrupted, checkpoint_kept
+from contrl.errors import ContrlError, Fault, Interrupted, NonFinite, checkpoint_kept
 from contrl.record.checkpoint import load_checkpoint, save_checkpoint
 from contrl.record.compute import ComputeMeter
 from contrl.record.logger import Logger, StatsWindow
@@ -40,9 +41,12 @@ class Envs:
     """An envs backend. It sets ``observation_space`` and ``action_space`` (of one env),
     ``n_per_update`` (the envs one update reads: the rule's ``n_envs``), ``steps_per_iteration``
     (what the default cadences count in), ``worker_memories`` (replay memories its workers keep;
-    0: the learner's rule keeps it) and ``timed_rows`` (a progress row about every second)."""
+    0: the learner's rule keeps it), ``timed_rows`` (a progress row about every second) and
+    ``resumes`` (what ``--resume`` restores)."""
 
     worker_memories, timed_rows = 0, False
+    resumes = ("exactly: parameters, the rule's state, the generator, normalisation statistics, each env "
+               "(replayed) and the recurrent state")
 
     def start(self, agent: Agent, rule, generator: torch.Generator, episodes: Callable[[list], None]) -> None:
         """Before the first iteration and before a resumed state is loaded: the learner's agent,
@@ -76,16 +80,18 @@ class Envs:
 
 class Restarts:
     """Deaths of a backend's workers (processes, Ray actors), counted per worker: each is logged;
-    past ``max_restarts`` for one worker the run stops with one line."""
+    past ``max_restarts`` for one worker the run stops (a :class:`Fault`)."""
 
-    def __init__(self, n: int, max_restarts: int, run_dir: Path, log: Callable[[str], None]):
-        self.counts, self.max, self.run_dir, self.log = [0] * n, max_restarts, run_dir, log
+    def __init__(self, n: int, max_restarts: int, log: Callable[[str], None]):
+        self.counts, self.max, self.log = [0] * n, max_restarts, log
 
-    def died(self, i: int, name: str, reason: str, then: str) -> None:
+    def died(self, i: int, name: str, reason: str, then: str, details: str = "", step: Optional[int] = None) -> None:
         self.counts[i] += 1
-        if self.counts[i] > self.max:
-            raise ContrlError(f"{name} failed {self.counts[i]} times (last: {reason}); stopping, "
-                              f"{checkpoint_kept(self.run_dir)}")
+        n = self.counts[i]
+        if n > self.max:
+            e = Fault(f"{name} failed {n} time{'s' if n > 1 else ''} (last: {reason})", details)
+            e.step = step
+            raise e
         self.log(f"{name} died ({reason}); {then} (restart {self.counts[i]} of at most {self.max})")
 
 
@@ -114,6 +120,7 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.logger: Optional[Logger] = None
         self.lines: list[str] = []  # messages before the log opens
+        self.resumed: Optional[dict] = None
         self._stop = 0  # the signal that asked for a clean stop
 
     def message(self, text: str) -> None:
@@ -126,8 +133,9 @@ class Trainer:
         cfg = self.cfg
         torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
-        envs = self.envs = make_envs(cfg, self.message, self.run_dir)
+        self.step, self.envs = 0, None
         try:
+            envs = self.envs = make_envs(cfg, self.message, self.run_dir)
             model = build_model(cfg, envs.observation_space, envs.action_space)
             obs_dim = int(np.prod(envs.observation_space.shape))
             obs_norm = ObsNormalizer(obs_dim, cfg.clip_obs) if cfg.norm_obs else None
@@ -136,7 +144,7 @@ class Trainer:
             self.rule = make_rule(cfg, model, envs.n_per_update, memory=not envs.worker_memories)
             self.memory = self._memory()
             envs.start(self.agent, self.rule, self.gen, self._episodes)
-            self.step, self.iteration, self.best, prev_cost = 0, 0, -float("inf"), {}
+            self.iteration, self.best, self.skipped, prev_cost = 0, -float("inf"), 0, {}
             self.recent: deque = deque(maxlen=100)
             self.recent_len: deque = deque(maxlen=100)
             if self.resume:
@@ -147,11 +155,44 @@ class Trainer:
                 self.logger.message(line)
             self.meter = ComputeMeter(prev_cost, cfg.power_watts)
             self._train()
+        except Exception as e:  # noqa: BLE001 - every fault ends as one line; its details in messages.log
+            raise self._fault(e) from None
         finally:
-            envs.close()  # workers gone: their CPU time is in the children's
+            if self.envs is not None:
+                self.envs.close()  # workers gone: their CPU time is in the children's
             if self.logger is not None:
                 self.logger.close()
-        return self._finish()
+        try:
+            return self._finish()
+        except Exception as e:  # noqa: BLE001 - the final evaluation's env, the summary's disk
+            raise self._fault(e) from None
+
+    def _fault(self, e: Exception) -> Exception:
+        """What a run that stops on ``e`` says: input errors (ContrlError, Interrupted) as they are;
+        everything else as one line with where the last good checkpoint is, the traceback in
+        messages.log."""
+        if isinstance(e, Interrupted) or (isinstance(e, ContrlError) and not isinstance(e, Fault)):
+            return e
+        details = getattr(e, "details", "") or traceback.format_exc()
+        if isinstance(e, Fault):
+            msg = str(e)
+        elif isinstance(e, OSError):
+            msg = f"cannot write {e.filename or self.run_dir}: {e.strerror or e} (free some space or fix the permissions)"
+        else:
+            msg = f"unexpected {type(e).__name__} ({(str(e).splitlines() or [''])[0][:200]}): an error of contrl itself"
+        step = getattr(e, "step", None)
+        where = f" at step {step:,}" if step is not None else f" after step {self.step:,}"
+        log = self.run_dir / "messages.log"
+        try:
+            if self.logger is not None:
+                self.logger.detail(f"{time.strftime('%Y-%m-%d %H:%M:%S')} stopped: {msg}{where}\n{details}")
+            else:
+                with open(log, "a") as f:
+                    f.write(f"stopped: {msg}{where}\n{details}\n")
+        except OSError:  # the disk may be what failed
+            pass
+        cls = type(e) if isinstance(e, Fault) else Fault  # (EnvError, NonFinite stay what they are)
+        return cls(f"{where.strip()}: {msg} (details: {log}); {checkpoint_kept(self.run_dir)}", details)
 
     # -- the loop --------------------------------------------------------------------------------
     def _train(self) -> None:
@@ -168,15 +209,11 @@ class Trainer:
             while True:
                 lr = self.rule.set_progress(min(self.step / cfg.steps, 1.0))
                 before = self.step
-                stats, done, updates = envs.iterate(self.step)
-                self.step += done
+                self._add(window, *envs.iterate(self.step))
                 self.iteration += 1
-                window.add(stats, done, updates)
                 last = self.step >= cfg.steps or bool(self._stop)
                 if last:
-                    stats, done, updates = envs.stop()
-                    self.step += done
-                    window.add(stats, done, updates)
+                    self._add(window, *envs.stop())
                 crossed = lambda every: every > 0 and self.step // every > before // every  # noqa: E731
                 timed = not log_every and window.n > 0 and time.monotonic() - last_row >= 1.0
                 if not (last or timed or crossed(log_every) or crossed(eval_every) or crossed(ckpt_every)):
@@ -185,7 +222,8 @@ class Trainer:
                 row = {"step": self.step, "wall_s": self.meter.wall(), **self.meter.row(),
                        "episode_return": float(np.mean(self.recent)) if self.recent else None,
                        "episode_length": float(np.mean(self.recent_len)) if self.recent_len else None,
-                       "episodes": len(self.recent), "lr": lr, "steps_per_s": window.steps_per_s(), **window.means()}
+                       "episodes": len(self.recent), "lr": lr, "steps_per_s": window.steps_per_s(), **window.means(),
+                       "skipped_updates": self.skipped}
                 window.reset()
                 if crossed(eval_every) or self.step >= cfg.steps:
                     self._evaluate(row)
@@ -200,6 +238,11 @@ class Trainer:
         finally:
             for s, handler in old.items():
                 signal.signal(s, handler)
+
+    def _add(self, window: StatsWindow, stats: dict, steps: int, updates: int) -> None:
+        self.step += steps
+        self.skipped += round(stats.get("skipped_updates", 0.0) * updates)
+        window.add(stats, steps, updates)
 
     def _on_signal(self, signum, frame) -> None:
         """The first Ctrl-C (or SIGTERM) asks for a clean stop after the current iteration; a
@@ -217,23 +260,38 @@ class Trainer:
     def _evaluate(self, row: dict) -> None:
         """Periodic evaluation into the progress row; best.pt when it improves."""
         agent = self.envs.snapshot(self.agent)
-        ev = agent.evaluate(self.cfg.eval_episodes, seed=self.cfg.seed + 10_000)
+        try:
+            ev = agent.evaluate(self.cfg.eval_episodes, seed=self.cfg.seed + 10_000)
+        except Fault as e:
+            e.args = (f"{e} (the periodic evaluation)",)
+            e.step = self.step
+            raise
         row["eval_return"], row["eval_return_std"] = ev["mean"], ev["std"]
         self.logger.message(f"eval @ {self.step:,}: {ev['mean']:.2f} +- {ev['std']:.2f} ({ev['episodes']} episodes)")
         if ev["mean"] > self.best:
-            save_checkpoint(self.ckpt_dir / "best.pt", agent.payload())
+            save_checkpoint(self.ckpt_dir / "best.pt", self._payload(agent))
             self.best = ev["mean"]
         if self.eval_hook is not None:
             self.eval_hook(self.step, ev["mean"])
 
     # -- checkpoints -----------------------------------------------------------------------------
+    def _payload(self, agent: Agent) -> dict:
+        """The agent's checkpoint payload, refused if it is not finite (never over a good one)."""
+        rms = agent.obs_norm.rms if agent.obs_norm is not None else None
+        if not all(bool(torch.isfinite(t).all()) for t in agent.model.state_dict().values()) or (
+                rms is not None and not (np.isfinite(rms.mean).all() and np.isfinite(rms.var).all())):
+            raise NonFinite("the model's parameters or observation statistics are not finite; nothing was saved "
+                            "over the last good checkpoint")
+        return agent.payload()
+
     def _save_latest(self) -> None:
-        payload = self.envs.snapshot(self.agent).payload()
+        payload = self._payload(self.envs.snapshot(self.agent))
         payload["train_state"] = {
             "rule": self.rule.state_dict(),
             "generator": self.gen.get_state(),
             **self.envs.state(),
             "meta": json.dumps({"step": self.step, "iteration": self.iteration, "best_eval": self.best,
+                                "skipped_updates": self.skipped,
                                 **self.meter.state(), "recent_returns": list(self.recent),
                                 "recent_lengths": list(self.recent_len)}),
         }
@@ -254,11 +312,14 @@ class Trainer:
             self.agent.obs_norm.rms.load_state_dict(json.loads(st["obs_norm"]))
         meta = json.loads(ts["meta"])
         self.step, self.iteration, self.best = meta["step"], meta.get("iteration", 0), meta["best_eval"]
+        self.skipped = meta.get("skipped_updates", 0)
         self.recent.extend(meta["recent_returns"])
         self.recent_len.extend(meta["recent_lengths"])
         self.envs.load_state(ts)
         if self.step >= self.cfg.steps:
             raise ContrlError(f"run already has {self.step:,} of {self.cfg.steps:,} steps; give more with --steps N")
+        self.resumed = {"step": self.step, "restored": self.envs.resumes}
+        self.message(f"resumed at step {self.step:,}: {self.envs.resumes}")
         return meta
 
     # -- the end ---------------------------------------------------------------------------------
@@ -283,7 +344,8 @@ class Trainer:
         agent.model.eval()
         summary = {"run_dir": str(self.run_dir), "algo": cfg.algo, "env": cfg.env, "env_kwargs": cfg.env_kwargs,
                    "seed": cfg.seed, **self.envs.summary(), "steps": self.step, **cost,
-                   "steps_per_s": self.step / max(cost["wall_s"], 1e-9), "best_eval": self.best}
+                   "steps_per_s": self.step / max(cost["wall_s"], 1e-9), "best_eval": self.best,
+                   "skipped_updates": self.skipped, **({"resumed": self.resumed} if self.resumed else {})}
         if self.memory is not None:
             summary["replay_buffer"] = self.memory
             if self.rule.memory is not None:

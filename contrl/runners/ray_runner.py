@@ -26,7 +26,7 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ from contrl.algos.rule import model_tensors
 from contrl.config import Config, config_from_dict
 from contrl.envs.make import env_spaces
 from contrl.envs.normalize import SeenObsNormalizer
-from contrl.errors import ContrlError
+from contrl.errors import ContrlError, Fault
 from contrl.runners.collect import Worker, episode_rows
 from contrl.runners.local import LocalEnvs
 from contrl.runners.loop import Envs, Restarts
@@ -67,9 +67,21 @@ def from_flat(flat: np.ndarray, tensors) -> None:
         torch._foreach_copy_(list(tensors), [v.view_as(t) for v, t in zip(src, tensors)])
 
 
+def task_fault(j: int, e: Exception, step: Optional[int] = None, n: int = 0) -> Exception:
+    """What actor j raised: its Fault (an env's exception, a non-finite value), with the step
+    when the caller knows it, or a Fault naming the error, its remote traceback as details."""
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, Fault):
+        if step is not None:
+            cause.step = step + (getattr(cause, "t", 0) + 1) * n
+        return cause
+    return Fault(f"ray actor {j} failed: {type(cause).__name__}: {(str(cause).splitlines() or [''])[0][:200]}", str(e))
+
+
 # -- the actor (a plain class; ray.remote wraps it when a run starts) ----------------------------
 class EnvActor:
-    def __init__(self, cfg_json: str, seeds: list[int], torch_seed: int, threads: int, gradients: bool):
+    def __init__(self, cfg_json: str, seeds: list[int], torch_seed: int, threads: int, gradients: bool, first: int,
+                 reward_stats: Optional[dict] = None):
         """``gradients``: the asynchronous pattern's actor (a replay memory of its own, rewards
         scaled here); else the synchronous pattern's, which returns rollouts."""
         import ray
@@ -82,7 +94,7 @@ class EnvActor:
             shift = int(np.random.SeedSequence().entropy % 1_000_000_000)
             seeds, torch_seed = [s + shift for s in seeds], torch_seed + shift
         norm = (lambda dim: SeenObsNormalizer(dim, cfg.clip_obs)) if cfg.norm_obs else None
-        self.w = Worker(cfg, seeds, torch_seed, norm, gradients=gradients)
+        self.w = Worker(cfg, seeds, torch_seed, norm, gradients=gradients, first=first, reward_stats=reward_stats)
 
     def _begin(self, weights: np.ndarray, tensors: list, obs_stats) -> None:
         from_flat(weights, tensors)
@@ -90,10 +102,10 @@ class EnvActor:
             self.w.agent.obs_norm.begin(obs_stats)
 
     def _answer(self, episodes: list, **out) -> dict:
-        norm = self.w.agent.obs_norm
+        norm, scaler = self.w.agent.obs_norm, self.w.scaler
         restarted, self.restarted = self.restarted, False
         return {**out, "episodes": episodes, "seen": norm.seen.state_dict() if norm is not None else None,
-                "restarted": restarted}
+                "restarted": restarted, "reward_stats": scaler.rms.state_dict() if scaler is not None else None}
 
     def rollout(self, weights: np.ndarray, obs_stats) -> dict:
         """Synchronous pattern: a ``[T, n_envs]`` rollout with these weights."""
@@ -103,7 +115,7 @@ class EnvActor:
         fields = {name: getattr(r, name) for name in STEP_FIELDS + ENV_FIELDS if getattr(r, name) is not None}
         if not self.w.agent.model.recurrent:
             fields.pop("states")
-        return self._answer(episodes, rollout=fields)
+        return self._answer(episodes, rollout=fields, nonfinite=r.nonfinite)
 
     def gradients(self, weights: np.ndarray, obs_stats) -> dict:
         """Asynchronous pattern: the gradients of the rule's next update with these weights."""
@@ -131,10 +143,11 @@ class RayActors:
         self.cfg, self.gradients = cfg, gradients
         self.observation_space, self.action_space = env_spaces(cfg.env, cfg.env_kwargs)  # before any actor starts
         self.W, self.k = cfg.workers, cfg.n_envs
-        self.restarts = Restarts(self.W, cfg.max_restarts, run_dir, log)
+        self.restarts = Restarts(self.W, cfg.max_restarts, log)
         self.counted = [False] * self.W  # a death already counted, whose restarted actor has not answered yet
         self.run_id = uuid.uuid4().hex[:8]  # actor names: contrl-RUNID-J (ray list actors shows them)
         self.handles: list = []
+        self.reward_stats: list = [None] * self.W  # the asynchronous pattern: each actor's reward scaler
         need, self.owns_ray = self.W * cfg.ray_cpus, not ray.is_initialized()
         if self.owns_ray:
             kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
@@ -142,7 +155,8 @@ class RayActors:
                 if cfg.ray_address:
                     ray.init(address=cfg.ray_address, **kwargs)
                 else:
-                    ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(need)), **kwargs)
+                    # address "local": a new Ray for this run, never one an earlier `ray start` left behind
+                    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(need)), **kwargs)
             except Exception as e:  # noqa: BLE001 - Ray raises several kinds; all mean "not reachable"
                 self.owns_ray = False
                 what = (f"cannot join the Ray cluster at '{cfg.ray_address}'" if cfg.ray_address
@@ -169,7 +183,8 @@ class RayActors:
             options = dict(name=f"contrl-{self.run_id}-{j}", num_cpus=cfg.ray_cpus, max_restarts=cfg.max_restarts,
                            max_task_retries=0)
             self.handles.append(remote.options(**options).remote(cfg.to_json(), seeds, seeds[0] + 7919,
-                                                                  max(1, int(cfg.ray_cpus)), self.gradients))
+                                                                  max(1, int(cfg.ray_cpus)), self.gradients, j * self.k,
+                                                                  self.reward_stats[j]))
 
     def failed(self, j: int, err: Exception, what: str) -> None:
         """A request to actor j failed because the actor died: count it; the caller asks again.
@@ -196,6 +211,8 @@ class RayActors:
             if not self.counted[j]:
                 self.restarts.died(j, f"ray actor {j}", "found restarted", "its envs started new episodes")
             self.counted[j] = False
+        if result["reward_stats"] is not None:
+            self.reward_stats[j] = result["reward_stats"]
         if result["seen"] is not None:
             seen = result["seen"]
             agent.obs_norm.rms.merge(np.asarray(seen["mean"]), np.asarray(seen["var"]), seen["count"])
@@ -213,7 +230,7 @@ class RayActors:
                     self.failed(j, e, "rollout" if method == "rollout" else f"'{method}' call")
                     futures[j] = getattr(self.handles[j], method).remote(*args[j])
                 except ray.exceptions.RayTaskError as e:
-                    raise ContrlError(f"ray actor {j} failed in '{method}': {e.cause!r}") from None
+                    raise task_fault(j, e) from None
         return [results[j] for j in range(self.W)]
 
     def close(self) -> None:
@@ -261,7 +278,9 @@ class RayEnvs(OnRay, LocalEnvs):
         weights = self.actors.ray.put(to_flat(model_tensors(agent.model)))
         stats = agent.obs_norm.rms.state_dict() if agent.obs_norm is not None else None
         episodes: list = []
+        rollout.nonfinite = ""
         for j, res in enumerate(self.actors.call_all("rollout", [(weights, stats)] * self.W)):
+            rollout.nonfinite = rollout.nonfinite or res["nonfinite"]  # (nan_policy skip_update)
             cols = slice(j * self.k, (j + 1) * self.k)
             for name, value in res["rollout"].items():
                 if name in ENV_FIELDS:
@@ -303,6 +322,8 @@ class RayGradientEnvs(OnRay):
     """Asynchronous pattern: one iteration = one actor's gradient, applied as it arrives."""
 
     gradients = True
+    resumes = ("the model, the rule's state, the observation statistics and each actor's reward scaler; the "
+               "actors start on fresh seeds (with empty replay memories)")
 
     def __init__(self, cfg: Config, log: Callable[[str], None], run_dir: Path):
         super().__init__(cfg, log, run_dir)
@@ -335,19 +356,23 @@ class RayGradientEnvs(OnRay):
                 self.actors.failed(j, e, "gradient")
                 self._ask(j)
             except ray.exceptions.RayTaskError as e:
-                raise ContrlError(f"ray actor {j} failed: {e.cause!r}") from None
+                raise task_fault(j, e, step, self.k) from None
         self.actors.answered(j, res, self.agent)
-        grads = torch.from_numpy(res["grads"].copy()).split([q.numel() for q in rule.params])
-        for q, g in zip(rule.params, grads):
-            q.grad = g.view_as(q)
-        rule.step()
+        if not res["stats"].get("skipped_updates"):  # (nan_policy skip_update: a non-finite one is dropped)
+            grads = torch.from_numpy(res["grads"].copy()).split([q.numel() for q in rule.params])
+            for q, g in zip(rule.params, grads):
+                q.grad = g.view_as(q)
+            rule.step()
         self.episodes(episode_rows(res["episodes"], step, self.k, j * self.k))
         self.weights = ray.put(to_flat(rule.weights()))
         self._ask(j)
         return res["stats"], res["steps"], 1
 
     def state(self) -> dict:  # the actors start on fresh seeds after a resume (see the module doc)
-        return {"next_seed": torch.tensor(self.next_seed + self.k * self.W)}
+        return {"next_seed": torch.tensor(self.next_seed + self.k * self.W),
+                "reward_stats": json.dumps(self.actors.reward_stats)}
 
     def load_state(self, ts: dict) -> None:
         self.next_seed = int(ts["next_seed"])
+        if "reward_stats" in ts:
+            self.actors.reward_stats = json.loads(ts["reward_stats"])

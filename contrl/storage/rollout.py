@@ -85,6 +85,7 @@ class Rollout:
         self.advantages = torch.zeros(T, N)
         self.returns = torch.zeros(T, N)
         self.last_values = torch.zeros(N)  # V(s_T) of the observation after the rollout
+        self.nonfinite = ""  # nan_policy skip_update: what non-finite value the envs returned (the update is dropped)
 
     def finish(self, gamma: float, lam: float) -> None:
         """GAE advantages and returns, bootstrapping from ``last_values``."""
