@@ -21,7 +21,7 @@ from typing import Callable, Optional
 import yaml
 
 from contrl.config import ALGOS, build_config
-from contrl.errors import ContrlError
+from contrl.errors import ContrlError, Fault
 
 
 def _ppo(trial, cfg) -> dict:
@@ -136,8 +136,9 @@ def tune(algo: str, env: str, trials: int, steps: Optional[int] = None, storage:
                           out=run, force=True, quiet=True, tensorboard=False, eval_hook=hook)
         except Interrupted:
             raise KeyboardInterrupt from None
-        except ContrlError as e:  # values that do not fit together: recorded as pruned, with the reason
-            log(f"  trial {trial.number}: not run ({e})")
+        except ContrlError as e:  # values that do not fit together, or a run that failed (a NaN from too
+            # high a learning rate): recorded as pruned, with the reason
+            log(f"  trial {trial.number}: {'failed' if isinstance(e, Fault) else 'not run'} ({e})")
             raise optuna.TrialPruned(str(e)) from None
         value = agent.summary["final_eval"]["mean"]
         log(f"  trial {trial.number}: {value:.2f}")

@@ -228,6 +228,29 @@ def test_a_full_disk_keeps_the_last_checkpoint_whole(tmp_path, monkeypatch):
     assert "No space left on device" in (run / "messages.log").read_text()
 
 
+def test_a_full_disk_while_logging_is_one_line(tmp_path, monkeypatch):
+    """ENOSPC while writing progress.csv: one line naming the cause, the checkpoints as they were."""
+    from contrl.record.logger import Logger
+
+    real, calls = Logger.progress, {"n": 0}
+
+    def progress(self, row):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, row)
+
+    monkeypatch.setattr(Logger, "progress", progress)
+    run = tmp_path / "run"
+    with pytest.raises(Fault, match="No space left on device") as e:
+        train("ppo", "CartPole-v1", steps=4096, out=run, quiet=True, tensorboard=False,
+              overrides={"n_envs": 2, "n_steps": 64, "batch_size": 64, "log_every": 128, "checkpoint_every": 128,
+                         "eval_every": 10**6, "eval_episodes": 1})
+    assert "\n" not in str(e.value) and "resume with contrl train --resume" in str(e.value)
+    assert json.loads(torch.load(run / "checkpoints" / "latest.pt", weights_only=True)["train_state"]["meta"])[
+        "step"] == 4 * 128
+
+
 def test_out_naming_a_file_is_one_line(tmp_path):
     (tmp_path / "taken").write_text("x")
     p = _contrl("train", "ppo", "--env", "CartPole-v1", "--out", tmp_path / "taken", "--steps", 1000)

@@ -78,6 +78,14 @@ class Envs:
         pass
 
 
+class HookRaised(Exception):
+    """What the eval_hook raised, carried out of the loop untouched."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
+
+
 class Restarts:
     """Deaths of a backend's workers (processes, Ray actors), counted per worker: each is logged;
     past ``max_restarts`` for one worker the run stops (a :class:`Fault`)."""
@@ -155,6 +163,8 @@ class Trainer:
                 self.logger.message(line)
             self.meter = ComputeMeter(prev_cost, cfg.power_watts)
             self._train()
+        except HookRaised as e:  # the eval_hook stopped the run (contrl tune: a pruned trial)
+            raise e.error from None
         except Exception as e:  # noqa: BLE001 - every fault ends as one line; its details in messages.log
             raise self._fault(e) from None
         finally:
@@ -272,7 +282,10 @@ class Trainer:
             save_checkpoint(self.ckpt_dir / "best.pt", self._payload(agent))
             self.best = ev["mean"]
         if self.eval_hook is not None:
-            self.eval_hook(self.step, ev["mean"])
+            try:
+                self.eval_hook(self.step, ev["mean"])
+            except Exception as e:  # noqa: BLE001 - the caller's own exception, passed on as it is
+                raise HookRaised(e) from None
 
     # -- checkpoints -----------------------------------------------------------------------------
     def _payload(self, agent: Agent) -> dict:
