@@ -93,11 +93,11 @@ def cmd_eval(a: argparse.Namespace) -> int:
 def cmd_compare(a: argparse.Namespace) -> int:
     from contrl.compare import compare
 
-    steps = int(a.steps)
-    if steps != a.steps:
+    steps = None if a.steps is None else int(a.steps)
+    if steps is not None and steps != a.steps:
         raise ContrlError(f"--steps must be a whole number, got {a.steps}")
-    res = compare(a.env, a.algos, steps, a.seeds, a.jobs, a.out, a.env_kwargs, a.threshold,
-                  log=lambda line: print(line, flush=True))
+    res = compare(a.env, a.algos, steps, a.seeds, a.jobs, a.out, a.env_kwargs, a.threshold, sets=a.set,
+                  preset=a.preset, log=lambda line: print(line, flush=True))
     print((Path(res["out"]) / "compare.md").read_text())
     return 0
 
@@ -206,13 +206,16 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="several algorithms x seeds on one env: tables and plots")
     c.add_argument("--env", required=True, help="Gymnasium id or package.module:ClassName")
     c.add_argument("--algos", required=True, help="comma-separated: ppo,ppo-lstm,a2c,a3c,acer (NAME-lstm: --net lstm)")
-    c.add_argument("--steps", type=float, required=True, help="env steps per run")
-    c.add_argument("--seeds", type=int, default=3, help="seeds per algorithm (0..K-1; default 3)")
+    c.add_argument("--steps", type=float, help="env steps per run (default: each algorithm's preset budget)")
+    c.add_argument("--seeds", default="3", help="a count (5: seeds 0-4), a range (10-14) or a list (0,3,7); default 3")
     c.add_argument("--jobs", type=int, default=1, help="runs at once (default 1; each a3c/async run uses --workers "
                                                         "processes)")
     c.add_argument("--out", help="folder for the runs, tables and plots (default runs/compare-ENV)")
     c.add_argument("--env-kwargs", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
     c.add_argument("--threshold", type=float, help="reward threshold (default: the env's, e.g. 475 for CartPole-v1)")
+    c.add_argument("--preset", help="preset name or YAML file for every run (default: picked by env id)")
+    c.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="config overrides for every run (e.g. --set a2c.lr=1e-3 n_envs=16)")
     c.set_defaults(func=cmd_compare)
 
     tu = sub.add_parser("tune", help="Optuna search over an algorithm's hyper-parameters -> a preset")

@@ -1,12 +1,15 @@
 """``contrl compare``: several algorithms x seeds on one environment, and what it takes to get there.
 
 Each algorithm x seed is one ``contrl train`` process in ``OUT/NAME-sSEED`` (``NAME-lstm`` runs
-the algorithm with ``--net lstm``), up to ``jobs`` at a time, all evaluated at the same 20 points
-of the budget. Re-running the same command skips runs that are finished and resumes the others
-(an interrupted run, or one with fewer steps than asked) from their latest checkpoint.
+the algorithm with ``--net lstm``), up to ``jobs`` at a time, each evaluated at 20 points of its
+budget (``--steps``, or each algorithm's preset budget). ``--set`` and ``--preset`` apply to every
+run. Re-running the same command skips runs that are finished and resumes the others (an
+interrupted run, or one with fewer steps than asked) from their latest checkpoint; a run folder
+trained with other settings is refused, not mixed in.
 
 The tables (``compare.md``, ``compare.csv``; one row per run in ``runs.csv``) give per algorithm
-the final evaluation (mean and std over seeds), its interquartile mean (IQM: the mean of the
+the final evaluation (mean and std over seeds; the seeds whose final evaluation reaches the
+threshold; the best periodic evaluation beside it), its interquartile mean (IQM: the mean of the
 middle 50% of seeds, as rliable) with a 95% percentile-bootstrap confidence interval over seeds,
 the env steps, wall-seconds and CPU-seconds each seed took to first reach the reward threshold
 at a periodic evaluation (the median over the seeds that reached it, and how many did), and
@@ -30,6 +33,8 @@ from contrl.config import ALGOS
 from contrl.errors import ContrlError
 
 EVAL_POINTS = 20
+# keys that do not change what a run learns: a run folder that differs only in these is reused
+CADENCE = ("steps", "preset", "eval_every", "eval_episodes", "checkpoint_every", "log_every", "power_watts", "threads")
 
 
 def iqm(x) -> float:
@@ -69,6 +74,27 @@ def parse_algos(text: str) -> list[tuple[str, str, Optional[str]]]:
     return out
 
 
+def parse_seeds(text) -> list[int]:
+    """'5' -> 0..4; '10-14' -> 10..14; '0,3,7' -> [0, 3, 7] (ranges and lists mix: '0-2,9')."""
+    if isinstance(text, int):
+        text = str(text)
+    text = str(text).strip()
+    try:
+        if text.isdigit():
+            seeds = list(range(int(text)))
+        else:
+            seeds = []
+            for part in [p.strip() for p in text.split(",")]:
+                lo, dash, hi = part.partition("-")
+                seeds += list(range(int(lo), int(hi) + 1)) if dash else [int(part)]
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise ContrlError(f"--seeds must be a count (5: seeds 0-4), a range (10-14) or a list (0,3,7) of distinct "
+                          f"seeds >= 0, got '{text}'")
+    return seeds
+
+
 def _run_state(run: Path, steps: int) -> str:
     summary = run / "summary.json"
     if summary.is_file():
@@ -80,6 +106,21 @@ def _run_state(run: Path, steps: int) -> str:
     if (run / "checkpoints" / "latest.pt").is_file() and (run / "config.json").is_file():
         return "resume"
     return "new"
+
+
+def _same_settings(run: Path, cfg) -> None:
+    """A run folder compare would skip or resume must have been trained with the settings asked for now."""
+    try:
+        saved = json.loads((run / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        raise ContrlError(f"{run}/config.json is missing or corrupted; delete {run} to run it again") from None
+    want = cfg.to_dict()
+    diff = [k for k in sorted(set(saved) | set(want)) if k not in CADENCE and saved.get(k) != want.get(k)]
+    if diff:
+        k = diff[0]
+        raise ContrlError(f"{run} was trained with other settings ({k}: {saved.get(k)!r}, asked now: {want.get(k)!r}"
+                          f"{f' and {len(diff) - 1} more' if len(diff) > 1 else ''}); give another --out or delete "
+                          f"{run}")
 
 
 def _curve(run: Path) -> list[tuple[int, float, float, float]]:
@@ -98,45 +139,59 @@ def _first_reach(curve: list, threshold: Optional[float]):
     return None
 
 
-def compare(env: str, algos: str, steps: int, seeds: int, jobs: int = 1, out: Optional[str | Path] = None,
-            env_kwargs: Optional[list[str]] = None, threshold: Optional[float] = None,
+def compare(env: str, algos: str, steps: Optional[int] = None, seeds=3, jobs: int = 1,
+            out: Optional[str | Path] = None, env_kwargs: Optional[list[str]] = None,
+            threshold: Optional[float] = None, sets: Optional[list[str]] = None, preset: Optional[str] = None,
             log: Callable[[str], None] = print) -> dict:
-    """Run (or complete) every algorithm x seed, then write the tables and plots; returns the table rows."""
+    """Run (or complete) every algorithm x seed, then write the tables and plots; returns the table rows.
+
+    ``steps`` None: each algorithm's preset budget. ``seeds``: a count, or a range/list as
+    ``parse_seeds`` reads. ``sets`` (KEY=VALUE) and ``preset`` apply to every run."""
+    from contrl.config import build_config, parse_assignments
     from contrl.envs.make import make_env
 
     specs = parse_algos(algos)
-    if steps < 1 or seeds < 1 or jobs < 1:
-        raise ContrlError(f"--steps, --seeds and --jobs must be >= 1, got {steps}, {seeds}, {jobs}")
-    env_kwargs = list(env_kwargs or [])
-    from contrl.config import parse_assignments
-
-    probe = make_env(env, parse_assignments(env_kwargs, "--env-kwargs"))  # a bad env fails here, once
+    seeds = parse_seeds(seeds)
+    if (steps is not None and steps < 1) or jobs < 1:
+        raise ContrlError(f"--steps and --jobs must be >= 1, got {steps}, {jobs}")
+    env_kwargs, sets = list(env_kwargs or []), list(sets or [])
+    kwargs, overrides = parse_assignments(env_kwargs, "--env-kwargs"), parse_assignments(sets)
+    # each algorithm's settings, checked before anything runs (a bad --set fails here, once)
+    cfgs = {name: build_config(algo, env, preset=preset, steps=steps, env_kwargs=kwargs, overrides=overrides, net=net)
+            for name, algo, net in specs}
+    budget = {name: cfg.steps for name, cfg in cfgs.items()}
+    probe = make_env(env, kwargs)  # a bad env fails here, once
     if threshold is None and probe.spec is not None:
         threshold = probe.spec.reward_threshold
     probe.close()
     out = Path(out) if out is not None else Path("runs") / f"compare-{env.split('/')[-1].split(':')[-1]}"
     out.mkdir(parents=True, exist_ok=True)
-    eval_every = max(1, steps // EVAL_POINTS)
 
     jobs_list, skipped = [], 0
     for name, algo, net in specs:
-        for seed in range(seeds):
+        n, eval_every = budget[name], max(1, budget[name] // EVAL_POINTS)
+        for seed in seeds:
             run = out / f"{name}-s{seed}"
-            state = _run_state(run, steps)
+            state = _run_state(run, n)
+            if state != "new":
+                _same_settings(run, build_config(algo, env, preset=preset, steps=n, seed=seed, env_kwargs=kwargs,
+                                                 overrides={**overrides, "eval_every": eval_every}, net=net))
             if state == "done":
                 skipped += 1
                 continue
             if state == "resume":
-                cmd = ["train", "--resume", str(run), "--steps", str(steps)]
+                cmd = ["train", "--resume", str(run), "--steps", str(n)]
             else:
-                cmd = ["train", algo, "--env", env, "--steps", str(steps), "--seed", str(seed), "--out", str(run),
-                       "--force", "--set", f"eval_every={eval_every}"]
+                cmd = ["train", algo, "--env", env, "--steps", str(n), "--seed", str(seed), "--out", str(run),
+                       "--force", "--set", *sets, f"eval_every={eval_every}"]
                 if net:
                     cmd += ["--net", net]
+                if preset:
+                    cmd += ["--preset", preset]
                 if env_kwargs:
                     cmd += ["--env-kwargs", *env_kwargs]
             jobs_list.append((run, state, [sys.executable, "-m", "contrl", *cmd, "--quiet", "--no-tensorboard"]))
-    log(f"compare: {len(specs)} algorithm(s) x {seeds} seed(s) on {env} -> {out}; "
+    log(f"compare: {len(specs)} algorithm(s) x {len(seeds)} seed(s) on {env} -> {out}; "
         f"{skipped} finished run(s) skipped, {sum(s == 'resume' for _, s, _ in jobs_list)} to resume, "
         f"{sum(s == 'new' for _, s, _ in jobs_list)} to start, up to {jobs} at once")
 
@@ -155,22 +210,25 @@ def compare(env: str, algos: str, steps: int, seeds: int, jobs: int = 1, out: Op
 
     runs = []
     for name, algo, net in specs:
-        for seed in range(seeds):
+        for seed in seeds:
             run = out / f"{name}-s{seed}"
-            if _run_state(run, steps) != "done":
+            if _run_state(run, budget[name]) != "done":
                 continue
             s = json.loads((run / "summary.json").read_text())
             curve = _curve(run)
             reach = _first_reach(curve, threshold)
-            runs.append({"algo": name, "seed": seed, "final_return": s["final_eval"]["mean"] if "final_eval" in s
-                         else (curve[-1][3] if curve else float("nan")),
+            final = s["final_eval"]["mean"] if "final_eval" in s else (curve[-1][3] if curve else float("nan"))
+            runs.append({"algo": name, "seed": seed, "final_return": final,
+                         "best_eval": max([c[3] for c in curve], default=float("nan")),
+                         "solved": None if threshold is None else bool(final >= threshold),
+                         "steps": s["steps"],
                          "steps_to_threshold": reach[0] if reach else None,
                          "wall_s_to_threshold": reach[1] if reach else None,
                          "cpu_s_to_threshold": reach[2] if reach else None,
                          "steps_per_s": s["steps_per_s"], "wall_s": s["wall_s"], "cpu_s": s.get("cpu_s"),
                          "curve": curve})
-    rows = _table(specs, runs, seeds, threshold)
-    _write(out, env, steps, threshold, rows, runs)
+    rows = _table(specs, runs, threshold)
+    _write(out, env, budget, threshold, rows, runs, _command(env, algos, steps, seeds, env_kwargs, sets, preset))
     _plot(out, env, specs, runs)
     log(f"tables: {out / 'compare.md'}, {out / 'compare.csv'}, {out / 'runs.csv'}; plots: "
         f"{out / 'return_vs_steps.png'}, {out / 'return_vs_wall.png'}")
@@ -180,7 +238,29 @@ def compare(env: str, algos: str, steps: int, seeds: int, jobs: int = 1, out: Op
     return {"rows": rows, "out": str(out)}
 
 
-def _table(specs, runs, seeds, threshold) -> list[dict]:
+def _seed_text(seeds: list[int]) -> str:
+    if seeds == list(range(len(seeds))):
+        return str(len(seeds))
+    if seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ",".join(map(str, seeds))
+
+
+def _command(env, algos, steps, seeds, env_kwargs, sets, preset) -> str:
+    """The contrl compare command that reproduces the table (without --out/--jobs)."""
+    parts = ["contrl compare", f"--env {env}", f"--algos {algos}", f"--seeds {_seed_text(seeds)}"]
+    if steps is not None:
+        parts.append(f"--steps {steps}")
+    if env_kwargs:
+        parts.append("--env-kwargs " + " ".join(env_kwargs))
+    if preset:
+        parts.append(f"--preset {preset}")
+    if sets:
+        parts.append("--set " + " ".join(sets))
+    return " ".join(parts)
+
+
+def _table(specs, runs, threshold) -> list[dict]:
     rows = []
     for name, _, _ in specs:
         rs = [r for r in runs if r["algo"] == name]
@@ -190,8 +270,12 @@ def _table(specs, runs, seeds, threshold) -> list[dict]:
         lo, hi = bootstrap_ci(finals)
         reached = [r for r in rs if r["steps_to_threshold"] is not None]
         med = lambda key: float(np.median([r[key] for r in reached])) if reached else None  # noqa: E731
-        rows.append({"algo": name, "seeds": len(rs), "final_mean": float(np.mean(finals)),
+        bests = [r["best_eval"] for r in rs]
+        rows.append({"algo": name, "seeds": len(rs), "steps": int(np.median([r["steps"] for r in rs])),
+                     "final_mean": float(np.mean(finals)),
                      "final_std": float(np.std(finals)), "iqm": iqm(finals), "iqm_ci_low": lo, "iqm_ci_high": hi,
+                     "solved": f"{sum(r['solved'] for r in rs)}/{len(rs)}" if threshold is not None else "",
+                     "best_eval_mean": float(np.mean(bests)),
                      "reached": f"{len(reached)}/{len(rs)}" if threshold is not None else "",
                      "steps_to_threshold": med("steps_to_threshold"), "wall_s_to_threshold": med("wall_s_to_threshold"),
                      "cpu_s_to_threshold": med("cpu_s_to_threshold"),
@@ -203,27 +287,36 @@ def _fmt(v, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
-def _write(out: Path, env: str, steps: int, threshold, rows: list, runs: list) -> None:
+def _write(out: Path, env: str, budget: dict, threshold, rows: list, runs: list, command: str) -> None:
     th = f"{threshold:g}" if threshold is not None else "none"
-    lines = [f"# compare on {env}, {steps:,} steps per run", "",
-             f"Final return: deterministic evaluation at the end of each run. IQM: interquartile mean over seeds "
-             f"with its 95% bootstrap interval. To threshold ({th}): the first periodic evaluation at or above it, "
-             f"median over the seeds that reached it.", "",
-             "| algorithm | seeds | final return (mean +- std) | IQM [95% CI] | reached threshold | env steps | "
-             "wall-s | CPU-s | steps/s |", "|---|---|---|---|---|---|---|---|---|"]
+    steps = sorted(set(budget.values()))
+    per = f"{steps[0]:,} steps per run" if len(steps) == 1 else "each algorithm's preset budget"
+    lines = [f"# compare on {env}, {per}", "", f"`{command}`", "",
+             f"Final return: deterministic evaluation at the end of each run (not the best checkpoint); solved: "
+             f"seeds whose final return is >= the threshold ({th}). IQM: interquartile mean of the final returns "
+             f"over seeds with its 95% bootstrap interval. Best eval: the best periodic evaluation, mean over seeds "
+             f"(a final well below it means the run peaked and fell back). To threshold: the first periodic "
+             f"evaluation at or above it, median over the seeds that reached it.", "",
+             "| algorithm | seeds | steps | final return (mean +- std) | IQM [95% CI] | solved (final) | best eval | "
+             "reached threshold | env steps | wall-s | CPU-s | steps/s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['algo']} | {r['seeds']} | {r['final_mean']:.1f} +- {r['final_std']:.1f} | "
-                     f"{r['iqm']:.1f} [{r['iqm_ci_low']:.1f}, {r['iqm_ci_high']:.1f}] | {r['reached'] or '-'} | "
+        lines.append(f"| {r['algo']} | {r['seeds']} | {r['steps']:,} | {r['final_mean']:.1f} +- {r['final_std']:.1f} | "
+                     f"{r['iqm']:.1f} [{r['iqm_ci_low']:.1f}, {r['iqm_ci_high']:.1f}] | {r['solved'] or '-'} | "
+                     f"{r['best_eval_mean']:.1f} | {r['reached'] or '-'} | "
                      f"{_fmt(r['steps_to_threshold'], ',.0f')} | {_fmt(r['wall_s_to_threshold'], '.1f')} | "
                      f"{_fmt(r['cpu_s_to_threshold'], '.1f')} | {r['steps_per_s']:,.0f} |")
+    lines += ["", "Final return per seed:", ""]
+    for r in rows:
+        finals = ", ".join(f"{x['final_return']:.1f} (s{x['seed']})" for x in runs if x["algo"] == r["algo"])
+        lines.append(f"- {r['algo']}: {finals}")
     (out / "compare.md").write_text("\n".join(lines) + "\n")
     with open(out / "compare.csv", "w", newline="") as f:
         w = csv.DictWriter(f, list(rows[0]) if rows else ["algo"])
         w.writeheader()
         w.writerows(rows)
     with open(out / "runs.csv", "w", newline="") as f:
-        keys = ["algo", "seed", "final_return", "steps_to_threshold", "wall_s_to_threshold", "cpu_s_to_threshold",
-                "steps_per_s", "wall_s", "cpu_s"]
+        keys = ["algo", "seed", "steps", "final_return", "best_eval", "solved", "steps_to_threshold",
+                "wall_s_to_threshold", "cpu_s_to_threshold", "steps_per_s", "wall_s", "cpu_s"]
         w = csv.DictWriter(f, keys)
         w.writeheader()
         w.writerows({k: r[k] for k in keys} for r in runs)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from contrl.compare import bootstrap_ci, iqm
+from contrl.compare import bootstrap_ci, iqm, parse_seeds
+from contrl.errors import ContrlError
 from tests.conftest import ROOT
 
 
@@ -50,7 +51,8 @@ def test_compare_tables_plots_and_rerun(tmp_path):
     a2c0 = json.loads((out / "a2c-s0" / "summary.json").read_text())
     assert a2c0["steps"] >= 2048  # continued from its checkpoint (contrl train --resume) to the new budget
     md = (out / "compare.md").read_text()
-    assert "| ppo | 2 |" in md and "| a2c | 2 |" in md and "To threshold (475)" in md
+    assert "| ppo | 2 | 2,048 |" in md and "| a2c | 2 | 2,0" in md and "threshold (475)" in md
+    assert "`contrl compare --env CartPole-v1 --algos ppo,a2c --seeds 2 --steps 2048`" in md
     rows = list(csv.DictReader(open(out / "compare.csv")))
     assert [r["algo"] for r in rows] == ["ppo", "a2c"]
     for r in rows:
@@ -71,3 +73,38 @@ def test_compare_tables_plots_and_rerun(tmp_path):
 def test_compare_bad_algo_one_line(run_cli):
     p = run_cli("compare", "--env", "CartPole-v1", "--algos", "ppo,dqn", "--steps", "1000")
     assert p.returncode == 2 and "unknown algorithm 'dqn' in --algos" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("text, seeds", [("5", [0, 1, 2, 3, 4]), (3, [0, 1, 2]), ("10-12", [10, 11, 12]),
+                                         ("0,3,7", [0, 3, 7]), ("0-1,9", [0, 1, 9])])
+def test_parse_seeds(text, seeds):
+    assert parse_seeds(text) == seeds
+
+
+@pytest.mark.parametrize("text", ["0", "x", "3-1", "1,1", "-2", "", "1.5"])
+def test_parse_seeds_refuses(text):
+    with pytest.raises(ContrlError, match="--seeds must be"):
+        parse_seeds(text)
+
+
+def test_compare_preset_budget_seed_range_set_and_other_settings_refused(tmp_path, run_cli):
+    """--steps omitted: the preset's budget; --seeds as a range; --set on every run; a folder
+    trained with other settings is refused rather than mixed into the table."""
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text("env: CartPole-v1\nsteps: 1024\nn_envs: 4\na2c:\n  n_steps: 8\n")
+    out = tmp_path / "cmp"
+    args = ("compare", "--env", "CartPole-v1", "--algos", "a2c", "--seeds", "3-4", "--preset", str(preset),
+            "--out", str(out))
+    p = run_cli(*args, "--set", "a2c.lr=0.002", "--jobs", "2")
+    assert p.returncode == 0, p.stderr
+    for seed in (3, 4):
+        cfg = json.loads((out / f"a2c-s{seed}" / "config.json").read_text())
+        assert (cfg["seed"], cfg["steps"], cfg["n_envs"], cfg["a2c"]["lr"], cfg["eval_every"]) == (seed, 1024, 4,
+                                                                                                 0.002, 51)
+    runs = list(csv.DictReader(open(out / "runs.csv")))
+    assert sorted(r["seed"] for r in runs) == ["3", "4"] and all(r["solved"] == "False" for r in runs)
+    md = (out / "compare.md").read_text()
+    assert f"--seeds 3-4 --preset {preset} --set a2c.lr=0.002`" in md and "| a2c | 2 | 1,024 |" in md
+    p = run_cli(*args, "--set", "a2c.lr=0.001")
+    assert p.returncode == 2 and "a2c-s3 was trained with other settings (a2c:" in p.stderr
+    assert "give another --out" in p.stderr and "Traceback" not in p.stderr
