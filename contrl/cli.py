@@ -108,7 +108,7 @@ def cmd_tune(a: argparse.Namespace) -> int:
 
     res = tune(a.algo, a.env, a.trials, steps=int(a.steps) if a.steps else None, storage=a.storage, timeout=a.timeout,
                out=a.out, net=a.net, env_kwargs=parse_assignments(a.env_kwargs, "--env-kwargs"), seed=a.seed,
-               log=lambda line: print(line, flush=True))
+               seeds=a.seeds, fixed=parse_assignments(a.set), log=lambda line: print(line, flush=True))
     print(f"best: {res['best_value']:.2f} (trial {res['best_trial']}); train with: contrl train {a.algo} "
           f"--preset {res['preset']}")
     return 0
@@ -228,7 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--out", help="folder for trials, best.yaml and study.png (default runs/tune-ALGO-ENV)")
     tu.add_argument("--net", choices=["mlp", "lstm"])
     tu.add_argument("--env-kwargs", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
-    tu.add_argument("--seed", type=int, default=0)
+    tu.add_argument("--seed", type=int, default=0, help="first seed of each trial (and the sampler's seed)")
+    tu.add_argument("--seeds", type=int, default=1, help="seeds per trial; its value is the mean of their final "
+                                                          "evaluations (default 1)")
+    tu.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                    help="keys every trial keeps instead of searching them (e.g. --set n_envs=16)")
     tu.set_defaults(func=cmd_tune)
 
     d = sub.add_parser("doctor", help="check the installation: torch, Box2D, MuJoCo, rendering, video")

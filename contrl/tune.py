@@ -2,9 +2,12 @@
 
 Each trial is one ``contrl train`` run (in-process, ``OUT/trial-NNNN``) with values drawn from the
 algorithm's search space (``SPACES``, by update rule: a3c uses a2c's) on top of the env's preset.
-After every periodic evaluation (10 per run) the trial reports its return, and Optuna's median
-pruner stops trials that fall below the median of earlier ones at the same step. A trial's
-value is its final evaluation (mean over ``final_eval_episodes`` deterministic episodes).
+The search covers the rule's keys, the run's ``n_envs`` and ``norm_obs`` and (for an MLP) the
+network; ``--set`` fixes keys for every trial instead. After every periodic evaluation the
+trial reports its return, and Optuna's median pruner stops trials that fall below the median
+of earlier ones at the same step. A trial's value is its final evaluation (mean over 10
+deterministic episodes); with ``--seeds K`` a trial trains K seeds and its value is the mean of
+their final evaluations (pruning watches the first), so a lucky seed does not win the study.
 
 The study lives in ``--storage`` (default ``sqlite:///OUT/study.db``), so calling the same
 command again continues it with more trials. After each call the best trial so far is written
@@ -28,6 +31,7 @@ def _ppo(trial, cfg) -> dict:
     n_steps = trial.suggest_categorical("n_steps", [64, 128, 256, 512, 1024, 2048])
     batch = trial.suggest_categorical("batch_size", [32, 64, 128, 256, 512])
     return {"lr": trial.suggest_float("lr", 1e-5, 3e-3, log=True), "n_steps": n_steps,
+            "anneal_lr": trial.suggest_categorical("anneal_lr", [False, True]),
             "batch_size": min(batch, n_steps * cfg.n_envs),  # a minibatch cannot exceed the rollout
             "n_epochs": trial.suggest_categorical("n_epochs", [3, 5, 10, 20]),
             "gamma": trial.suggest_categorical("gamma", [0.9, 0.95, 0.98, 0.99, 0.995, 0.999]),
@@ -40,9 +44,10 @@ def _ppo(trial, cfg) -> dict:
 
 def _a2c(trial, cfg) -> dict:
     return {"lr": trial.suggest_float("lr", 1e-5, 3e-3, log=True),
+            "anneal_lr": trial.suggest_categorical("anneal_lr", [False, True]),
             "n_steps": trial.suggest_categorical("n_steps", [5, 8, 16, 32]),
-            "gamma": trial.suggest_categorical("gamma", [0.9, 0.95, 0.98, 0.99, 0.995]),
-            "gae_lambda": trial.suggest_categorical("gae_lambda", [0.9, 0.95, 1.0]),
+            "gamma": trial.suggest_categorical("gamma", [0.9, 0.95, 0.98, 0.99, 0.995, 0.999]),
+            "gae_lambda": trial.suggest_categorical("gae_lambda", [0.9, 0.95, 0.98, 1.0]),
             "ent_coef": trial.suggest_float("ent_coef", 1e-8, 0.05, log=True),
             "vf_coef": trial.suggest_float("vf_coef", 0.2, 1.0),
             "max_grad_norm": trial.suggest_categorical("max_grad_norm", [0.3, 0.5, 1.0, 5.0]),
@@ -55,6 +60,7 @@ def _acer(trial, cfg) -> dict:
     replay_ratio = trial.suggest_categorical("replay_ratio", [0, 1, 2, 4])
     buffer = trial.suggest_categorical("buffer_size", [10_000, 50_000, 100_000])
     return {"lr": trial.suggest_float("lr", 1e-5, 3e-3, log=True), "n_steps": n_steps,
+            "anneal_lr": trial.suggest_categorical("anneal_lr", [False, True]),
             "gamma": trial.suggest_categorical("gamma", [0.95, 0.98, 0.99, 0.995]),
             "ent_coef": trial.suggest_float("ent_coef", 1e-8, 0.05, log=True),
             "c": trial.suggest_categorical("c", [1.0, 5.0, 10.0]),
@@ -71,38 +77,56 @@ def _net(trial) -> dict:
             "activation": trial.suggest_categorical("net.activation", ["tanh", "relu"])}
 
 
+def _run(trial, cfg) -> dict:
+    """Run keys every rule shares: envs per runner/worker and observation normalisation."""
+    return {"n_envs": trial.suggest_categorical("n_envs", [4, 8, 16, 32]),
+            "norm_obs": trial.suggest_categorical("norm_obs", [False, True])}
+
+
 SPACES = {"ppo": _ppo, "a2c": _a2c, "acer": _acer}  # by update rule
+TRIAL_KEYS = {"eval_episodes": 5, "final_eval_episodes": 10}  # the search's own run keys, not the preset's
 
 
-def sample(trial, algo: str, cfg) -> dict:
-    """The overrides of one trial: {'ppo': {...}, 'net': {...}} (the network only for an MLP).
+def sample(trial, algo: str, cfg, fixed: Optional[dict] = None) -> dict:
+    """The flat overrides of one trial ({'n_envs': 8, 'ppo.lr': ..., 'net.hidden': [...]}; the
+    network only for an MLP), with ``fixed`` (the user's --set) winning over drawn values.
     ``n_steps`` is capped so one round of updates fits in the budget."""
+    from contrl.config import resolve_key
+
     rule = ALGOS[algo].rule
-    values = SPACES[rule](trial, cfg)
-    envs = cfg.n_envs * (cfg.workers if cfg.runner in ("async", "ray") else 1)
+    fixed = {".".join(filter(None, resolve_key(k, algo))): v for k, v in (fixed or {}).items()}
+    run = {**_run(trial, cfg), **{k: v for k, v in fixed.items() if "." not in k}}
+    envs = run["n_envs"] * (cfg.workers if cfg.runner in ("async", "ray") else 1)
+    values = {**SPACES[rule](trial, cfg), **{k.split(".", 1)[1]: v for k, v in fixed.items() if k.startswith(rule + ".")}}
     values["n_steps"] = max(1, min(values["n_steps"], cfg.steps // envs))
     if "batch_size" in values:  # one update's rollout: the Ray runner joins its actors' rollouts
         values["batch_size"] = min(values["batch_size"],
-                                   values["n_steps"] * cfg.n_envs * (cfg.workers if cfg.runner == "ray" else 1))
-    out = {rule: values}
+                                   values["n_steps"] * run["n_envs"] * (cfg.workers if cfg.runner == "ray" else 1))
+    out = {**run, **{f"{rule}.{k}": v for k, v in values.items()}}
     if cfg.net.type == "mlp":
         net = _net(trial)
-        out["net"] = {"hidden": [int(h) for h in net["hidden"].split(",")], "activation": net["activation"]}
+        out["net.hidden"] = [int(h) for h in net["hidden"].split(",")]
+        out["net.activation"] = net["activation"]
+    out.update({k: v for k, v in fixed.items() if k.startswith("net.")})
     return out
 
 
 def tune(algo: str, env: str, trials: int, steps: Optional[int] = None, storage: Optional[str] = None,
          timeout: Optional[float] = None, out: Optional[str | Path] = None, net: Optional[str] = None,
-         env_kwargs: Optional[dict] = None, seed: int = 0, log: Callable[[str], None] = print) -> dict:
+         env_kwargs: Optional[dict] = None, seed: int = 0, seeds: int = 1, fixed: Optional[dict] = None,
+         log: Callable[[str], None] = print) -> dict:
+    """``seeds``: runs per trial (seeds seed..seed+seeds-1; the trial's value is the mean of their
+    final evaluations, pruning watches the first); ``fixed``: overrides that every trial keeps."""
     try:
         import optuna
     except ImportError:
         raise ContrlError('contrl tune needs Optuna: pip install "contrl[tune]" (or pip install optuna)') from None
     if algo not in ALGOS:
         raise ContrlError(f"unknown algorithm '{algo}'; available: {', '.join(ALGOS)}")
-    if trials < 1:
-        raise ContrlError(f"--trials must be >= 1, got {trials}")
-    base = build_config(algo, env, steps=steps, seed=seed, env_kwargs=env_kwargs, net=net)  # bad input fails here
+    if trials < 1 or seeds < 1:
+        raise ContrlError(f"--trials and --seeds must be >= 1, got {trials}, {seeds}")
+    # bad input (and a bad --set) fails here
+    base = build_config(algo, env, steps=steps, seed=seed, env_kwargs=env_kwargs, net=net, overrides=fixed)
     out = Path(out) if out is not None else Path("runs") / f"tune-{algo}-{base.env.split('/')[-1].split(':')[-1]}"
     out.mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{out / 'study.db'}"
@@ -120,9 +144,7 @@ def tune(algo: str, env: str, trials: int, steps: Optional[int] = None, storage:
     from contrl.errors import Interrupted
 
     def objective(trial) -> float:
-        overrides = sample(trial, algo, base)
-        flat = {f"{sec}.{k}": v for sec, values in overrides.items() for k, v in values.items()}
-        flat.update({"eval_episodes": 5, "final_eval_episodes": 10})
+        flat = sample(trial, algo, base, fixed)
         trial.set_user_attr("overrides", json.dumps(flat))
 
         def hook(step: int, mean: float) -> None:
@@ -130,18 +152,23 @@ def tune(algo: str, env: str, trials: int, steps: Optional[int] = None, storage:
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at step {step:,} (eval {mean:.1f})")
 
-        run = out / f"trial-{trial.number:04d}"
-        try:
-            agent = train(algo, env, steps=base.steps, seed=seed, env_kwargs=env_kwargs, net=net, overrides=flat,
-                          out=run, force=True, quiet=True, tensorboard=False, eval_hook=hook)
-        except Interrupted:
-            raise KeyboardInterrupt from None
-        except ContrlError as e:  # values that do not fit together, or a run that failed (a NaN from too
-            # high a learning rate): recorded as pruned, with the reason
-            log(f"  trial {trial.number}: {'failed' if isinstance(e, Fault) else 'not run'} ({e})")
-            raise optuna.TrialPruned(str(e)) from None
-        value = agent.summary["final_eval"]["mean"]
-        log(f"  trial {trial.number}: {value:.2f}")
+        finals = []
+        for k in range(seeds):
+            run = out / f"trial-{trial.number:04d}" / f"s{seed + k}" if seeds > 1 else out / f"trial-{trial.number:04d}"
+            try:
+                agent = train(algo, env, steps=base.steps, seed=seed + k, env_kwargs=env_kwargs, net=net,
+                              overrides={**flat, **TRIAL_KEYS}, out=run, force=True, quiet=True, tensorboard=False,
+                              eval_hook=hook if k == 0 else None)
+            except Interrupted:
+                raise KeyboardInterrupt from None
+            except ContrlError as e:  # values that do not fit together, or a run that failed (a NaN from too
+                # high a learning rate): recorded as pruned, with the reason
+                log(f"  trial {trial.number}: {'failed' if isinstance(e, Fault) else 'not run'} ({e})")
+                raise optuna.TrialPruned(str(e)) from None
+            finals.append(agent.summary["final_eval"]["mean"])
+        trial.set_user_attr("finals", finals)
+        value = sum(finals) / len(finals)
+        log(f"  trial {trial.number}: {value:.2f}" + (f" ({', '.join(f'{f:.1f}' for f in finals)})" if seeds > 1 else ""))
         return value
 
     before = len(study.trials)
@@ -152,8 +179,10 @@ def tune(algo: str, env: str, trials: int, steps: Optional[int] = None, storage:
         raise ContrlError(f"no trial of study '{study_name}' has completed yet; run more trials")
     best = study.best_trial
     preset = _preset(base, json.loads(best.user_attrs["overrides"]))
+    finals = best.user_attrs.get("finals", [])
     header = (f"# contrl tune {algo} on {base.env}: best of {len(done)} completed trial(s) "
-              f"(trial {best.number}, final eval {best.value:.2f} at {base.steps:,} steps)\n")
+              f"(trial {best.number}, final eval {best.value:.2f} at {base.steps:,} steps"
+              f"{f', mean of {len(finals)} seeds' if len(finals) > 1 else ''})\n")
     (out / "best.yaml").write_text(header + yaml.safe_dump(preset, sort_keys=False))
     _plot(study, out / "study.png", f"{algo} on {base.env}")
     log(f"study '{study_name}' in {storage}: {len(study.trials) - before} new trial(s), {len(study.trials)} in all "
@@ -172,16 +201,19 @@ def _done(optuna, storage: str, name: str) -> list:
 
 
 def _preset(base, flat: dict) -> dict:
-    """A preset YAML mapping: the env, its kwargs, steps, and the tuned keys by section."""
+    """A preset YAML mapping: the env, its kwargs, steps, the tuned run keys, then the tuned keys by
+    section (the search's own eval keys stay out)."""
     preset: dict = {"env": base.env}
     if base.env_kwargs:
         preset["env_kwargs"] = dict(base.env_kwargs)
     preset["steps"] = base.steps
     for key, value in flat.items():
-        sec, _, name = key.partition(".")
-        if sec not in (ALGOS[base.algo].rule, "net"):  # run keys of the search (eval episodes) stay out
-            continue
-        preset.setdefault(sec, {})[name] = value
+        sec, dot, name = key.partition(".")
+        if not dot:
+            if key not in TRIAL_KEYS:
+                preset[key] = value
+        else:
+            preset.setdefault(sec, {})[name] = value
     return preset
 
 

@@ -22,6 +22,24 @@ def test_tune_writes_a_preset_that_trains_and_continues_the_study(run_cli, tmp_p
     assert "2 new trial(s), 5 in all" in p.stdout, p.stdout
 
 
+def test_tune_seeds_per_trial_and_fixed_keys(run_cli, tmp_path):
+    """--seeds 2: each trial trains two seeds, its value is the mean of their finals; --set keys are
+    kept by every trial and written into the preset."""
+    p = run_cli("tune", "a2c", "--env", "CartPole-v1", "--steps", "1024", "--out", tmp_path / "study", "--trials", "2",
+                "--seeds", "2", "--seed", "5", "--set", "n_envs=4", "gamma=0.97", check=0)
+    assert "2 new trial(s), 2 in all" in p.stdout, p.stdout
+    for trial in ("trial-0000", "trial-0001"):
+        assert {d.name for d in (tmp_path / "study" / trial).iterdir()} == {"s5", "s6"}
+    import optuna
+
+    study = optuna.load_study(study_name="a2c-CartPole-v1", storage=f"sqlite:///{tmp_path / 'study' / 'study.db'}")
+    for t in study.trials:
+        assert len(t.user_attrs["finals"]) == 2 and t.value == pytest.approx(sum(t.user_attrs["finals"]) / 2)
+    preset = yaml.safe_load((tmp_path / "study" / "best.yaml").read_text())
+    assert preset["n_envs"] == 4 and preset["a2c"]["gamma"] == 0.97 and "norm_obs" in preset
+    assert "eval_episodes" not in preset and "mean of 2 seeds" in (tmp_path / "study" / "best.yaml").read_text()
+
+
 class Stop(Exception):
     pass
 
