@@ -198,6 +198,7 @@ class ACERConfig:
     replay_start: int = 10_000  # transitions stored before replay starts
     trust_region: bool = True  # the average policy network and the trust-region projection
     delta: float = 1.0  # trust-region bound on the linearised KL(avg || pi) per sample
+    trust_region_on: str = "probs"  # discrete: the statistics projected, probs (the paper) | logits
     avg_decay: float = 0.99  # Polyak decay of the average policy network (the paper's alpha)
     sdn_samples: int = 5  # continuous: actions u_i ~ pi in the SDN's mean_i A(s, u_i)
     q_opc: Optional[bool] = None  # Q_opc (Retrace with c = 1) in the policy gradient; None: continuous only
@@ -213,6 +214,8 @@ class ACERConfig:
         _need(self.c > 0, f"c (importance-weight truncation) must be > 0, got {self.c}; use e.g. --set c=10")
         _need(self.replay_ratio >= 0, f"replay_ratio must be >= 0 (0: on-policy only), got {self.replay_ratio}")
         _need(self.delta > 0, f"delta (trust region) must be > 0, got {self.delta}; use e.g. --set delta=1")
+        _need(self.trust_region_on in ("probs", "logits"),
+              f"trust_region_on must be probs or logits, got '{self.trust_region_on}'")
         _need(0 <= self.avg_decay < 1, f"avg_decay must be in [0, 1), got {self.avg_decay}")
         _need(self.sdn_samples >= 1, f"sdn_samples must be >= 1, got {self.sdn_samples}")
         _check_optimizer(self)
@@ -561,6 +564,8 @@ def config_from_dict(data: dict) -> Config:
     if algo not in ALGOS:
         raise ContrlError(f"unknown algorithm '{algo}' in the saved config; this contrl offers {', '.join(ALGOS)}")
     cfg = Config(algo=algo)
+    if isinstance(data.get("acer"), dict) and "trust_region_on" not in data["acer"]:
+        data = {**data, "acer": {**data["acer"], "trust_region_on": "logits"}}  # saved before the key: as it ran
     apply(cfg, {k: v for k, v in data.items() if k != "algo"}, "config.json")
     validate(cfg)
     return cfg

@@ -47,13 +47,16 @@ def _policy_grad(model, rule, seg):
     return [p.grad.clone() for p in list(model.body.pi_torso.parameters()) + list(model.body.pi_head.parameters())]
 
 
-def test_truncated_weight_and_bias_correction_by_hand():
+@pytest.mark.parametrize("on", ["probs", "logits"])
+def test_truncated_weight_and_bias_correction_by_hand(on):
     """One step that terminates (so Q_ret = r): d loss / d logits must be
-    -[min(c, rho_a)(Q_ret - V)(e_a - f) + sum_b [1 - c/rho_b]_+ f_b (Q_b - V)(e_b - f)]."""
+    -[min(c, rho_a)(Q_ret - V)(e_a - f) + sum_b [1 - c/rho_b]_+ f_b (Q_b - V)(e_b - f)],
+    whether the gradient is first taken in probability space and then through the softmax, or
+    with respect to the logits."""
     torch.manual_seed(1)
     model = ACERNet(4, gym.spaces.Discrete(3), NetConfig(ortho_init=False))
     c = 1.5
-    rule = ACER(model, _cfg(c=c), 1)
+    rule = ACER(model, _cfg(c=c, trust_region_on=on), 1)
     obs = torch.randn(2, 1, 4)
     mu = torch.tensor([0.7, 0.2, 0.1])
     seg = Segment(obs, torch.zeros(1, 1, 4), torch.tensor([[0.0]]), torch.tensor([[1.3]]),
@@ -147,6 +150,56 @@ def test_trust_region_projection_meets_its_linearised_kl_bound():
     assert (scale[inside] == 0).all()
 
 
+def test_discrete_trust_region_on_the_probabilities_by_hand():
+    """One terminating step, as Wang et al. and OpenAI Baselines: with f the probabilities,
+    g = d objective / d f = min(c, rho_a)(Q_ret - V) e_a / f_a + [1 - c/rho]_+ (Q - V)
+    - ent_coef (log f + 1), k = d KL(f_avg || f) / d f = -f_avg / f, z = g - max(0, (k.g - delta)
+    / |k|^2) k, and the loss's gradient on the logits is -(J^T z) with J = diag(f) - f f^T."""
+    torch.manual_seed(2)
+    model = ACERNet(4, gym.spaces.Discrete(3), NetConfig(ortho_init=False))
+    c, ent, delta = 1.5, 0.01, 0.05
+    rule = ACER(model, _cfg(c=c, ent_coef=ent, trust_region=True, delta=delta), 1)
+    with torch.no_grad():  # the average policy away from the current one
+        rule.avg.body.pi_head.bias.add_(torch.tensor([0.6, -0.4, 0.1]))
+    obs = torch.randn(2, 1, 4)
+    mu = torch.tensor([0.6, 0.3, 0.1])
+    seg = Segment(obs, torch.zeros(1, 1, 4), torch.tensor([[1.0]]), torch.tensor([[-2.5]]),
+                  torch.tensor([[True]]), torch.tensor([[False]]), mu.log().view(1, 1, 3))
+    with torch.no_grad():
+        logits, hv = model.features(obs[0])
+        f = torch.softmax(logits, -1)[0]
+        q = model.q_values(hv)[0]
+        f_avg = torch.softmax(rule.avg.features(obs[0])[0], -1)[0]
+    v = (f * q).sum()
+    rho = f / mu
+    e = torch.eye(3)
+    g = min(c, float(rho[1])) * (-2.5 - v) * e[1] / f[1] + (1 - c / rho).clamp_min(0) * (q - v) - ent * (f.log() + 1)
+    k = -f_avg / f
+    assert float(k @ g) > delta  # the constraint binds
+    z = g - max(0.0, float((k @ g - delta) / (k @ k))) * k
+    jac = torch.diag(f) - torch.outer(f, f)
+    model.zero_grad()
+    loss, stats = rule.loss(seg, torch.Generator())
+    loss.backward()
+    assert torch.allclose(model.body.pi_head.bias.grad, -(jac @ z), atol=1e-5)
+    assert stats["trust_region_active"] == 1.0
+    # the logit form projects another vector: a different update
+    rule_l = ACER(model, _cfg(c=c, ent_coef=ent, trust_region=True, delta=delta, trust_region_on="logits"), 1)
+    rule_l.avg.load_state_dict(rule.avg.state_dict())
+    model.zero_grad()
+    rule_l.loss(seg, torch.Generator())[0].backward()
+    assert not torch.allclose(model.body.pi_head.bias.grad, -(jac @ z), atol=1e-4)
+
+
+def test_old_acer_runs_resume_with_the_trust_region_they_ran_with():
+    from contrl.config import build_config, config_from_dict
+
+    d = build_config("acer", "CartPole-v1").to_dict()
+    assert d["acer"]["trust_region_on"] == "probs"
+    del d["acer"]["trust_region_on"]  # a config.json written before the key
+    assert config_from_dict(d).acer.trust_region_on == "logits"
+
+
 def test_trust_region_in_the_update_meets_the_bound_per_sample():
     """One continuous step (so the gradient on the policy head's bias and on log-std is -z):
     the unconstrained gradient g breaks k.g <= delta, the update's z meets k.z = delta, with
@@ -193,3 +246,42 @@ def test_behaviour_policy_parameters_round_trip():
     g2 = DiagGaussian.from_params(g.params())
     a = torch.randn(5, 2)
     assert torch.allclose(g2.log_prob(a), g.log_prob(a))
+
+
+def test_replay_keeps_raw_inputs_and_learns_with_the_statistics_of_now():
+    """With norm_obs and norm_reward an ACER rollout (what the memory stores) holds the raw
+    observations and rewards; the loss normalises them with the statistics in force when it
+    runs: the same loss as on a segment normalised by hand with those statistics."""
+    from contrl.agent import Agent, build_model
+    from contrl.algos import make_rule
+    from contrl.config import build_config
+    from contrl.envs.normalize import ObsNormalizer, ReplayInputs, RewardScaler
+    from contrl.envs.vec import VecEnv
+    from contrl.runners.collect import collect
+
+    cfg = build_config("acer", "CartPole-v1", overrides={"n_envs": 2, "norm_obs": True, "norm_reward": True,
+                                                          "acer.n_steps": 30})
+    venv = VecEnv(cfg.env, {}, [0, 1])
+    model = build_model(cfg, venv.observation_space, venv.action_space)
+    agent = Agent(cfg, model, venv.observation_space, venv.action_space, ObsNormalizer(4, cfg.clip_obs))
+    rule = make_rule(cfg, model, 2)
+    scaler = RewardScaler(2, cfg.acer.gamma)
+    rule.inputs = ReplayInputs(agent.obs_norm, scaler)
+    rollout = rule.new_rollout(2)
+    first = venv.obs.copy()
+    collect(agent, venv, rollout, torch.Generator().manual_seed(0), scaler)
+    assert torch.equal(rollout.obs[0], torch.as_tensor(first, dtype=torch.float32))  # raw, not normalised
+    assert torch.equal(rollout.rewards, torch.ones(30, 2))  # CartPole's raw rewards, not scaled
+    assert torch.equal(rollout.obs_last, torch.as_tensor(venv.obs, dtype=torch.float32))
+    assert float(scaler.rms.var) != 1.0  # the scaler still learned the return statistics
+    seg = Segment.from_rollout(rollout)
+    by_hand = Segment(**{**seg.__dict__, "obs": torch.from_numpy(agent.obs_norm(seg.obs.reshape(-1, 4).numpy()))
+                         .reshape(seg.obs.shape),
+                         "final_obs": torch.from_numpy(agent.obs_norm(seg.final_obs.reshape(-1, 4).numpy()))
+                         .reshape(seg.final_obs.shape),
+                         "rewards": (seg.rewards / (float(scaler.rms.var) + 1e-8) ** 0.5).clamp(-10, 10)})
+    loss_raw = rule.loss(seg, torch.Generator().manual_seed(1))[0]
+    rule.inputs = None
+    loss_hand = rule.loss(by_hand, torch.Generator().manual_seed(1))[0]
+    assert torch.allclose(loss_raw, loss_hand, atol=1e-6)
+    assert not torch.allclose(loss_raw, rule.loss(seg, torch.Generator().manual_seed(1))[0], atol=1e-4)

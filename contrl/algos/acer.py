@@ -5,6 +5,9 @@ once ``replay_start`` transitions are stored, Poisson(``replay_ratio``) off-poli
 segments sampled from it (``updates`` yields these gradients one by one; ``update`` steps each
 in turn). Each update (``gradients``, then ``step``) reads top to bottom:
 
+0. The segment's raw observations and rewards (what the memory keeps) are normalised and
+   scaled with the statistics in force now (``ReplayInputs``; nothing without norm_obs /
+   norm_reward).
 1. One forward of the network over the segment (``storage.replay.SegmentForward``): its k
    steps and, for every episode piece, the observation to bootstrap from; pi, Q and V. With an
    LSTM the pieces are sequences from their stored initial states, padded into one call.
@@ -14,8 +17,9 @@ in turn). Each update (``gradients``, then ``step``) reads top to bottom:
    V(final observation), the segment's end V(next observation).
 4. The policy gradient with truncated importance sampling min(c, rho) plus the bias
    correction (discrete: the exact sum over actions; continuous: one action sampled from pi),
-   and the entropy bonus -- taken with respect to the distribution's parameters phi (logits;
-   mean and log-std), and then
+   and the entropy bonus -- taken with respect to the distribution's statistics phi (discrete:
+   the probabilities, as the paper and OpenAI Baselines, or the logits with
+   ``trust_region_on: logits``; continuous: the mean and log-std), and then
 5. projected onto the trust region around the average policy network:
    z = g - max(0, (k.g - delta) / |k|^2) k, k = grad_phi KL(pi_avg || pi), per sample;
    backpropagated from phi into the network.
@@ -28,6 +32,7 @@ in turn). Each update (``gradients``, then ``step``) reads top to bottom:
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Iterator
 
 import torch
@@ -143,6 +148,9 @@ class ACER(Rule):
         cfg, model = self.cfg, self.model
         k, B = seg.rewards.shape
         n = k * B
+        if self.inputs is not None:  # raw in memory: normalised and scaled with the statistics of now
+            seg = dataclasses.replace(seg, obs=self.inputs.obs(seg.obs), final_obs=self.inputs.obs(seg.final_obs),
+                                      rewards=self.inputs.rewards(seg.rewards))
         # 1. one forward: the k steps and, per piece of episode, the observation to bootstrap from
         plan = SegmentForward(seg, model.recurrent)
         pi_all, hv_all = plan.run(model)
@@ -151,11 +159,17 @@ class ACER(Rule):
             v_last, v_final = plan.bootstrap_values(model.v(pi_all[plan.boot_rows], hv_all[plan.boot_rows]))
         actions = seg.actions.reshape((n,) + seg.actions.shape[2:])
 
-        # the policy as a function of its own parameters phi, so its gradient can be projected
-        phi = [pi_out.detach().requires_grad_()]
+        # the policy as a function of its statistics phi, so its gradient can be projected:
+        # discrete, the probabilities (as the paper and Baselines; or the logits); continuous,
+        # the Gaussian's mean and log-std
+        on_probs = model.discrete and cfg.trust_region_on == "probs"
+        phi = [(torch.softmax(pi_out.detach(), -1) if on_probs else pi_out.detach()).requires_grad_()]
         if not model.discrete:
             phi.append(model.log_std.detach().expand_as(pi_out).clone().requires_grad_())
-        dist = Categorical(phi[0]) if model.discrete else DiagGaussian(*phi)
+        if model.discrete:
+            dist = Categorical.of_probs(phi[0]) if on_probs else Categorical(phi[0])
+        else:
+            dist = DiagGaussian(*phi)
         mu = (Categorical if model.discrete else DiagGaussian).from_params(seg.mu.reshape(n, -1))
 
         # 2.-3. importance weights, critic values, Retrace targets
@@ -220,7 +234,7 @@ class ACER(Rule):
             v_target = values + rho.clamp(max=1.0) * (q_ret - q_a.detach())
             q_loss = q_loss + (v_target - values_g).pow(2).mean()
         g_mean, g_ls = (g / n).split([p.shape[-1] for p in phi], -1) if len(phi) == 2 else (g / n, None)
-        surrogate = -(g_mean.detach() * pi_out).sum()
+        surrogate = -(g_mean.detach() * (torch.softmax(pi_out, -1) if on_probs else pi_out)).sum()
         if g_ls is not None:
             surrogate = surrogate - (g_ls.detach() * model.log_std.expand_as(pi_out)).sum()
         loss = surrogate + cfg.q_coef * q_loss
@@ -252,3 +266,6 @@ class ACER(Rule):
             self.avg.load_state_dict(state["avg"])
         if self.memory is not None:
             self.memory.load_state_dict(state["replay"])
+            inputs = self.inputs
+            if not state["replay"].get("raw") and inputs is not None and (inputs.obs_norm or inputs.scaler):
+                self.memory.count = self.memory.next = 0  # saved normalised (before raw replay): refilled

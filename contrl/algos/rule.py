@@ -41,6 +41,7 @@ def model_tensors(model: nn.Module) -> list[torch.Tensor]:
 class Rule:
     keeps_behaviour = False  # rollouts also keep what replay needs
     memory = None  # the replay memory of a rule that keeps one
+    inputs = None  # ReplayInputs: how a replay rule's raw observations and rewards are normalised (its runner sets it)
     nan_policy, max_skipped = "stop", 10  # make_rule sets the run's
 
     def __init__(self, model: nn.Module, cfg, n_envs: int = 1, seq_len: int = 0, memory: bool = True):

@@ -3,6 +3,8 @@ and the views of them that asynchronous workers and Ray actors use."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -72,6 +74,28 @@ class RewardScaler:
     def load_state_dict(self, d: dict) -> None:
         self.rms.load_state_dict(d["rms"])
         self.returns = np.asarray(d["returns"], np.float64)
+
+
+class ReplayInputs:
+    """How the raw observations and rewards a replay memory keeps become the network's inputs
+    when they are learned from: normalised with the observation statistics and scaled with the
+    reward scale in force *now*, not those of when they were collected."""
+
+    def __init__(self, obs_norm: "ObsNormalizer | None", scaler: "RewardScaler | None"):
+        self.obs_norm, self.scaler = obs_norm, scaler
+
+    def obs(self, x):
+        """Raw observations ``[..., D]`` (a tensor) -> normalised."""
+        if self.obs_norm is None:
+            return x
+        import torch
+
+        return torch.from_numpy(self.obs_norm(x.reshape(-1, x.shape[-1]).numpy())).reshape(x.shape)
+
+    def rewards(self, r):
+        if self.scaler is None:
+            return r
+        return (r / math.sqrt(float(self.scaler.rms.var) + 1e-8)).clamp(-self.scaler.clip, self.scaler.clip)
 
 
 # -- observation statistics shared by asynchronous workers -------------------------------------

@@ -45,6 +45,15 @@ class Categorical:
     def from_params(params: torch.Tensor) -> "Categorical":
         return Categorical(params)
 
+    @staticmethod
+    def of_probs(probs: torch.Tensor, eps: float = 1e-8) -> "Categorical":
+        """The distribution as a function of its probabilities themselves (``log p``, not
+        renormalised), so that gradients taken with respect to ``probs`` are those of the
+        formulas in p (ACER's trust region is defined in that space)."""
+        d = Categorical.__new__(Categorical)
+        d.logits = torch.log(probs.clamp_min(eps))
+        return d
+
 
 class DiagGaussian:
     def __init__(self, mean: torch.Tensor, log_std: torch.Tensor):

@@ -3,7 +3,9 @@
 
 Per step: normalise the N observations, one batched forward in inference mode, sample from the
 run's generator, step the vector env with env-ready actions, and write obs, action, log-prob,
-value, (optionally scaled) reward and done into the preallocated rollout. Where an env was
+value, (optionally scaled) reward and done into the preallocated rollout. A rollout for replay
+(ACER's) keeps the raw observations and rewards instead: the rule normalises them with the
+statistics in force when it learns from them (``ReplayInputs``). Where an env was
 *truncated* (time limit) and not terminated, V(final observation) goes into ``trunc_values[t]``
 so the returns bootstrap from the state reached; after a termination nothing is bootstrapped.
 
@@ -23,7 +25,7 @@ import torch
 
 from contrl.agent import Agent, build_model
 from contrl.algos import make_rule
-from contrl.envs.normalize import RewardScaler
+from contrl.envs.normalize import ReplayInputs, RewardScaler
 from contrl.envs.vec import StepResult, VecEnv
 from contrl.errors import Fault, NonFinite
 from contrl.storage.rollout import Rollout
@@ -45,6 +47,7 @@ def collect(agent, venv: VecEnv, rollout: Rollout, generator: torch.Generator,
     h = state if state is not None else model.initial_state(venv.n)
     update_stats = agent.obs_norm is not None
     skip = agent.config.nan_policy == "skip_update"
+    raw = rollout.mu is not None  # ACER: raw observations and rewards, for replay
     rewards_np, dones_np = rollout.rewards.numpy(), rollout.dones.numpy()  # views: cheap writes
     rollout.trunc_values.zero_()
     rollout.nonfinite = ""
@@ -76,6 +79,8 @@ def collect(agent, venv: VecEnv, rollout: Rollout, generator: torch.Generator,
             _nonfinite(rollout, venv, t, [("observation", res.obs), ("reward", res.rewards),
                                           ("final observation", res.final_obs)], skip)
         rewards = scaler(res.rewards, done) if scaler is not None else res.rewards
+        if raw:  # replay normalises and scales when it learns (ReplayInputs)
+            obs_t, rewards = torch.from_numpy(np.asarray(obs, np.float32).reshape(venv.n, -1)), res.rewards
         rollout.obs[t] = obs_t
         rollout.actions[t] = action
         rollout.logp[t] = logp
@@ -86,7 +91,9 @@ def collect(agent, venv: VecEnv, rollout: Rollout, generator: torch.Generator,
             rollout.terminated[t] = torch.from_numpy(res.terminated)
             if any_done:
                 idx = np.flatnonzero(done)
-                rollout.final_obs[t, torch.from_numpy(idx)] = agent.preprocess(res.final_obs[idx])
+                final = res.final_obs[idx]
+                rollout.final_obs[t, torch.from_numpy(idx)] = torch.from_numpy(
+                    np.asarray(final, np.float32).reshape(len(idx), -1)) if raw else agent.preprocess(final)
         boot = res.truncated & ~res.terminated
         if boot.any():
             idx = np.flatnonzero(boot)
@@ -102,7 +109,7 @@ def collect(agent, venv: VecEnv, rollout: Rollout, generator: torch.Generator,
         obs, h = res.obs, h_next
     obs_last = agent.preprocess(obs)
     if rollout.obs_last is not None:
-        rollout.obs_last.copy_(obs_last)
+        rollout.obs_last.copy_(torch.from_numpy(np.asarray(obs, np.float32).reshape(venv.n, -1)) if raw else obs_last)
     with torch.inference_mode():
         last_values = model.value_step(obs_last, h)
     rollout.last_values.copy_(last_values)
@@ -164,6 +171,7 @@ class Worker:
         self.scaler = RewardScaler(self.n, self.rule.cfg.gamma) if cfg.norm_reward and gradients else None
         if self.scaler is not None and reward_stats:
             self.scaler.rms.load_state_dict(reward_stats)
+        self.rule.inputs = ReplayInputs(self.agent.obs_norm, self.scaler)
         self.pending = iter(())  # the gradients the last rollout still has to give
 
     def collect(self) -> list:

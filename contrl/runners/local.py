@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from contrl.config import Config
-from contrl.envs.normalize import RewardScaler
+from contrl.envs.normalize import ReplayInputs, RewardScaler
 from contrl.envs.vec import make_vec
 from contrl.errors import Fault
 from contrl.runners.collect import collect, episode_rows
@@ -33,6 +33,7 @@ class LocalEnvs(Envs):
         self.rollout = rule.new_rollout(self.n)
         self.rnn_state = agent.model.initial_state(self.n)  # recurrent state carried across rollouts
         self.scaler = RewardScaler(self.n, rule.cfg.gamma) if self.cfg.norm_reward else None
+        rule.inputs = ReplayInputs(agent.obs_norm, self.scaler)
 
     def collect(self) -> list:
         """Fill ``self.rollout``; its episodes as ``collect()`` returns them."""

@@ -292,8 +292,9 @@ class RayEnvs(OnRay, LocalEnvs):
         if self.scaler is not None:  # as LocalEnvs scales them: step by step, all envs
             dones = rollout.dones.numpy().astype(bool)
             for t in range(rollout.T):
-                rollout.rewards[t] = torch.from_numpy(self.scaler(rollout.rewards[t].numpy().astype(np.float64),
-                                                                  dones[t]))
+                scaled = self.scaler(rollout.rewards[t].numpy().astype(np.float64), dones[t])
+                if rollout.mu is None:  # replay (ACER) keeps them raw and scales them when it learns
+                    rollout.rewards[t] = torch.from_numpy(scaled)
         return sorted(episodes, key=lambda e: e[0])
 
     def state(self) -> dict:

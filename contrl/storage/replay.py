@@ -5,7 +5,8 @@ For each step it keeps the observation, action, reward, how the step ended (term
 truncated), the final observation of an episode that ended there (truncation bootstraps from
 it) and the behaviour policy mu (discrete: its log-probabilities; continuous: the Gaussian's
 mean and log-std), plus the observation after the k-th step and, for a recurrent network, the
-state each env's column started from. Capacity is given in transitions
+state each env's column started from. Observations and rewards are kept raw (the learner
+normalises them with the statistics in force when it samples them). Capacity is given in transitions
 and rounded down to whole segments; the oldest segment is overwritten first. Everything is
 allocated up front (``nbytes`` is what the run summary reports), so memory cannot grow.
 
@@ -115,7 +116,7 @@ class ReplayBuffer:
 
     def state_dict(self) -> dict:
         return {**{f: getattr(self, f)[: self.count].clone() for f in FIELDS + ("state0",)},
-                "next": self.next, "count": self.count}
+                "next": self.next, "count": self.count, "raw": True}
 
     def load_state_dict(self, state: dict) -> None:
         self.count, self.next = int(state["count"]), int(state["next"])
