@@ -2,8 +2,8 @@
 
 Each trial is one ``contrl train`` run (in-process, ``OUT/trial-NNNN``) with values drawn from the
 algorithm's search space (``SPACES``, by update rule: a3c uses a2c's) on top of the env's preset.
-The search covers the rule's keys, the run's ``n_envs`` and ``norm_obs`` and (for an MLP) the
-network; ``--set`` fixes keys for every trial instead. After every periodic evaluation the
+The search covers the rule's keys, the run's ``n_envs``, ``norm_obs`` and ``norm_reward`` and
+(for an MLP) the network; ``--set`` fixes keys for every trial instead. After every periodic evaluation the
 trial reports its return, and Optuna's median pruner stops trials that fall below the median
 of earlier ones at the same step. A trial's value is its final evaluation (mean over 10
 deterministic episodes); with ``--seeds K`` a trial trains K seeds and its value is the mean of
@@ -68,7 +68,8 @@ def _acer(trial, cfg) -> dict:
             "buffer_size": max(buffer, n_steps * cfg.n_envs),  # at least one segment
             "replay_start": min(1000, max(buffer, n_steps * cfg.n_envs)),
             "trust_region": trial.suggest_categorical("trust_region", [True, False]),
-            "delta": trial.suggest_categorical("delta", [0.1, 0.5, 1.0, 2.0]),
+            "delta": trial.suggest_categorical("delta", [0.1, 0.5, 1.0, 2.0, 5.0]),
+            "avg_decay": trial.suggest_categorical("avg_decay", [0.99, 0.995, 0.999]),
             "optimizer": trial.suggest_categorical("optimizer", ["rmsprop", "adam"])}
 
 
@@ -78,9 +79,10 @@ def _net(trial) -> dict:
 
 
 def _run(trial, cfg) -> dict:
-    """Run keys every rule shares: envs per runner/worker and observation normalisation."""
+    """Run keys every rule shares: envs per runner/worker, observation and reward normalisation."""
     return {"n_envs": trial.suggest_categorical("n_envs", [4, 8, 16, 32]),
-            "norm_obs": trial.suggest_categorical("norm_obs", [False, True])}
+            "norm_obs": trial.suggest_categorical("norm_obs", [False, True]),
+            "norm_reward": trial.suggest_categorical("norm_reward", [False, True])}
 
 
 SPACES = {"ppo": _ppo, "a2c": _a2c, "acer": _acer}  # by update rule
