@@ -69,6 +69,7 @@ def _acer(trial, cfg) -> dict:
             "replay_start": min(1000, max(buffer, n_steps * cfg.n_envs)),
             "trust_region": trial.suggest_categorical("trust_region", [True, False]),
             "delta": trial.suggest_categorical("delta", [0.1, 0.5, 1.0, 2.0, 5.0]),
+            "trust_region_on": trial.suggest_categorical("trust_region_on", ["probs", "logits"]),
             "avg_decay": trial.suggest_categorical("avg_decay", [0.99, 0.995, 0.999]),
             "optimizer": trial.suggest_categorical("optimizer", ["rmsprop", "adam"])}
 
