@@ -12,7 +12,8 @@ their final evaluations (pruning watches the first), so a lucky seed does not wi
 The study lives in ``--storage`` (default ``sqlite:///OUT/study.db``), so calling the same
 command again continues it with more trials. After each call the best trial so far is written
 as a preset, ``OUT/best.yaml`` (``contrl train ALGO --preset OUT/best.yaml``), with a plot of the
-study, ``OUT/study.png`` (every trial's value, pruned ones marked, and the best so far).
+study, ``OUT/study.png`` (every trial's value, pruned ones marked, and the best so far), and
+every trial's values and result, ``OUT/trials.csv``.
 """
 
 from __future__ import annotations
@@ -188,11 +189,29 @@ def tune(algo: str, env: str, trials: int, steps: Optional[int] = None, storage:
               f"{f', mean of {len(finals)} seeds' if len(finals) > 1 else ''})\n")
     (out / "best.yaml").write_text(header + yaml.safe_dump(preset, sort_keys=False))
     _plot(study, out / "study.png", f"{algo} on {base.env}")
+    _trials_csv(study, out / "trials.csv")
     log(f"study '{study_name}' in {storage}: {len(study.trials) - before} new trial(s), {len(study.trials)} in all "
         f"({len(done)} completed); best {best.value:.2f} (trial {best.number}) -> {out / 'best.yaml'}, "
-        f"{out / 'study.png'}")
+        f"{out / 'study.png'}, {out / 'trials.csv'}")
     return {"best_value": best.value, "best_trial": best.number, "trials": len(study.trials),
             "preset": str(out / "best.yaml"), "study": study_name, "storage": storage}
+
+
+def _trials_csv(study, path: Path) -> None:
+    """Every trial: state, value (final evaluation, or the last one reported before pruning), each
+    seed's final, the step it got to, and its values -- the search's record."""
+    import csv
+
+    keys = sorted({k for t in study.trials for k in json.loads(t.user_attrs.get("overrides", "{}"))})
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["trial", "state", "value", "finals", "last_step", *keys])
+        for t in study.trials:
+            values = json.loads(t.user_attrs.get("overrides", "{}"))
+            last = max(t.intermediate_values) if t.intermediate_values else ""
+            value = t.value if t.value is not None else t.intermediate_values.get(last, "") if last != "" else ""
+            finals = " ".join(f"{x:.1f}" for x in t.user_attrs.get("finals", []))
+            w.writerow([t.number, t.state.name, value, finals, last, *[values.get(k, "") for k in keys]])
 
 
 def _done(optuna, storage: str, name: str) -> list:

@@ -38,6 +38,11 @@ def test_tune_seeds_per_trial_and_fixed_keys(run_cli, tmp_path):
     preset = yaml.safe_load((tmp_path / "study" / "best.yaml").read_text())
     assert preset["n_envs"] == 4 and preset["a2c"]["gamma"] == 0.97 and "norm_obs" in preset
     assert "eval_episodes" not in preset and "mean of 2 seeds" in (tmp_path / "study" / "best.yaml").read_text()
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "study" / "trials.csv")))
+    assert [r["trial"] for r in rows] == ["0", "1"] and all(r["state"] == "COMPLETE" for r in rows)
+    assert all(len(r["finals"].split()) == 2 and r["n_envs"] == "4" and r["a2c.gamma"] == "0.97" for r in rows)
 
 
 class Stop(Exception):
