@@ -5,7 +5,8 @@ algorithm's search space (``SPACES``, by update rule: a3c uses a2c's) on top of 
 The search covers the rule's keys, the run's ``n_envs``, ``norm_obs`` and ``norm_reward`` and
 (for an MLP) the network; ``--set`` fixes keys for every trial instead. After every periodic evaluation the
 trial reports its return, and Optuna's median pruner stops trials that fall below the median
-of earlier ones at the same step. A trial's value is its final evaluation (mean over 10
+of earlier ones at the same step (not before a quarter of the budget, nor in the first 5
+trials: early evaluations of a task like LunarLander say little about where a run ends). A trial's value is its final evaluation (mean over 10
 deterministic episodes); with ``--seeds K`` a trial trains K seeds and its value is the mean of
 their final evaluations (pruning watches the first), so a lucky seed does not win the study.
 
@@ -140,7 +141,8 @@ def tune(algo: str, env: str, trials: int, steps: Optional[int] = None, storage:
         study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True, direction="maximize",
                                     sampler=optuna.samplers.TPESampler(seed=seed + len(_done(optuna, storage,
                                                                                              study_name))),
-                                    pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0))
+                                    pruner=optuna.pruners.MedianPruner(n_startup_trials=5,
+                                                                       n_warmup_steps=base.steps // 4))
     except (ValueError, ImportError, optuna.exceptions.OptunaError) as e:
         raise ContrlError(f"cannot open the study in '{storage}' ({type(e).__name__}: {e}); give --storage "
                           f"sqlite:///FILE.db") from None
