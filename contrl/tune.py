@@ -177,11 +177,16 @@ def tune(algo: str, env: str, trials: int, steps: Optional[int] = None, storage:
         log(f"  trial {trial.number}: {value:.2f}" + (f" ({', '.join(f'{f:.1f}' for f in finals)})" if seeds > 1 else ""))
         return value
 
-    before = len(study.trials)
-    study.optimize(objective, n_trials=trials, timeout=timeout,
-                   callbacks=[lambda s, t: t.state.name == "PRUNED" and log(f"  trial {t.number}: pruned")])
+    before, interrupted = len(study.trials), False
+    try:
+        study.optimize(objective, n_trials=trials, timeout=timeout,
+                       callbacks=[lambda s, t: t.state.name == "PRUNED" and log(f"  trial {t.number}: pruned")])
+    except KeyboardInterrupt:  # Ctrl-C / SIGTERM: the trial under way is lost, the completed ones are written
+        interrupted = True
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
     if not done:
+        if interrupted:
+            raise KeyboardInterrupt
         raise ContrlError(f"no trial of study '{study_name}' has completed yet; run more trials")
     best = study.best_trial
     preset = _preset(base, json.loads(best.user_attrs["overrides"]))
@@ -195,6 +200,9 @@ def tune(algo: str, env: str, trials: int, steps: Optional[int] = None, storage:
     log(f"study '{study_name}' in {storage}: {len(study.trials) - before} new trial(s), {len(study.trials)} in all "
         f"({len(done)} completed); best {best.value:.2f} (trial {best.number}) -> {out / 'best.yaml'}, "
         f"{out / 'study.png'}, {out / 'trials.csv'}")
+    if interrupted:
+        log("interrupted: the trial under way is lost; the same command continues the study")
+        raise KeyboardInterrupt
     return {"best_value": best.value, "best_trial": best.number, "trials": len(study.trials),
             "preset": str(out / "best.yaml"), "study": study_name, "storage": storage}
 

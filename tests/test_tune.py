@@ -45,6 +45,30 @@ def test_tune_seeds_per_trial_and_fixed_keys(run_cli, tmp_path):
     assert all(len(r["finals"].split()) == 2 and r["n_envs"] == "4" and r["a2c.gamma"] == "0.97" for r in rows)
 
 
+def test_an_interrupted_tune_still_writes_the_preset_and_the_record(tmp_path, monkeypatch):
+    """Ctrl-C during the third trial: the two completed ones are in best.yaml and trials.csv, and
+    the interrupt goes on to the caller (the CLI exits 130)."""
+    import csv
+
+    import contrl.api
+    from contrl.tune import tune
+
+    real, calls = contrl.api.train, []
+
+    def train(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(contrl.api, "train", train)
+    with pytest.raises(KeyboardInterrupt):
+        tune("a2c", "CartPole-v1", trials=5, steps=512, out=tmp_path / "study", log=lambda line: None)
+    rows = list(csv.DictReader(open(tmp_path / "study" / "trials.csv")))
+    assert [r["state"] for r in rows] == ["COMPLETE", "COMPLETE", "FAIL"]
+    assert yaml.safe_load((tmp_path / "study" / "best.yaml").read_text())["steps"] == 512
+
+
 class Stop(Exception):
     pass
 
