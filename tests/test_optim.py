@@ -73,3 +73,27 @@ def _child_steps(opt, grads):
     for g in grads:
         opt.params[0].grad = g
         opt.step()
+
+
+def test_adam_step_bound_is_never_reached_by_consistent_statistics_and_holds_torn_ones():
+    """The per-element clip of Adam's step: on the gradient sequence that reaches the
+    Cauchy-Schwarz bound (g_{t-k} = (b1 / b2)^k) the step equals torch's Adam; with torn
+    statistics (m holding a large gradient that v never saw, as two Hogwild workers stepping at
+    once can leave them) the step stays at lr * bound / (1 - b1^t) instead of ~lr * m / eps."""
+    b1, b2, t = 0.9, 0.999, 6
+    grads = [torch.tensor([(b1 / b2) ** (t - 1 - i)]) for i in range(t)]
+    ours_p, ref_p = torch.zeros(1, requires_grad=True), torch.zeros(1, requires_grad=True)
+    ours, ref = Adam([ours_p], lr=0.1), torch.optim.Adam([ref_p], lr=0.1)
+    for g in grads:
+        ours_p.grad, ref_p.grad = g.clone(), g.clone()
+        ours.step()
+        ref.step()
+    assert torch.allclose(ours_p, ref_p, rtol=1e-5, atol=0)
+    torn_p = torch.zeros(3, requires_grad=True)
+    torn = Adam([torn_p], lr=0.1)
+    torn.state["exp_avg"][0].copy_(torch.tensor([50.0, 0.0, -50.0]))  # another worker's gradient in m only
+    torn_p.grad = torch.zeros(3)
+    torn.step()  # t = 1: v = 0
+    bound = torn.ratio_bound(1.0)
+    assert bound == pytest.approx(1 - b1, rel=1e-3)  # so that Adam's first step is at most lr
+    assert torch.allclose(torn_p, torch.tensor([-0.1, 0.0, 0.1]), rtol=1e-3)  # without the clip: -0.1 * 50 / 1e-8

@@ -8,7 +8,9 @@ tensors unshared (A2C).
 
 - :class:`RMSpropTF`: TensorFlow's RMSprop, as the A2C/A3C papers and Stable-Baselines used it:
   the epsilon inside the square root, ``p -= lr * g / sqrt(v + eps)``, and ``v`` starting at 1.
-- :class:`Adam`: Kingma & Ba with bias correction; the step count is a shared tensor too.
+- :class:`Adam`: Kingma & Ba with bias correction; the step count is a shared tensor too. Each
+  element's step is clipped to the largest one consistent statistics can give (never reached
+  in one process), which bounds the steps torn statistics give under Hogwild.
 """
 
 from __future__ import annotations
@@ -114,7 +116,25 @@ class Adam(_SharedStatsOptimizer):
         denom = torch._foreach_sqrt(v)
         torch._foreach_div_(denom, math.sqrt(1 - b2**t))
         torch._foreach_add_(denom, self.eps)
-        torch._foreach_addcdiv_(self.params, m, denom, value=-self.lr / (1 - b1**t))
+        ratio = torch._foreach_div(m, denom)
+        # |m / sqrt(v)| has a bound for any gradients (Cauchy-Schwarz over the two moving averages),
+        # so consistent statistics are never clipped here; Hogwild workers stepping the shared
+        # statistics at once can leave a torn (m, v) pair (m with another worker's gradient, v
+        # without it) whose ratio has no bound -- early in a run, one such step was enough to
+        # send weights to inf. Clipping to the bound keeps every step an Adam-sized one.
+        bound = self.ratio_bound(t)
+        torch._foreach_clamp_min_(ratio, -bound)
+        torch._foreach_clamp_max_(ratio, bound)
+        torch._foreach_add_(self.params, ratio, alpha=-self.lr / (1 - b1**t))
+
+    def ratio_bound(self, t: float) -> float:
+        """The largest |m_t / (sqrt(v_t / (1 - b2^t)) + eps)| consistent statistics can give after t
+        steps: (1 - b1) sqrt((1 - b2^t) / (1 - b2)) sqrt(sum_{k<t} (b1^2 / b2)^k), with a margin
+        for rounding."""
+        b1, b2 = self.betas
+        q = b1 * b1 / b2
+        terms = (1 - q**t) / (1 - q) if q != 1 else t
+        return (1 - b1) * math.sqrt((1 - b2**t) / (1 - b2)) * math.sqrt(terms) * (1 + 1e-4)
 
 
 def make_optimizer(name: str, params, lr: float, alpha: float, eps: float):
