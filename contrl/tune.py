@@ -3,12 +3,14 @@
 Each trial is one ``contrl train`` run (in-process, ``OUT/trial-NNNN``) with values drawn from the
 algorithm's search space (``SPACES``, by update rule: a3c uses a2c's) on top of the env's preset.
 The search covers the rule's keys, the run's ``n_envs``, ``norm_obs`` and ``norm_reward`` and
-(for an MLP) the network; ``--set`` fixes keys for every trial instead. After every periodic evaluation the
-trial reports its return, and Optuna's median pruner stops trials that fall below the median
-of earlier ones at the same step (not before a quarter of the budget, nor in the first 5
-trials: early evaluations of a task like LunarLander say little about where a run ends). A trial's value is its final evaluation (mean over 10
-deterministic episodes); with ``--seeds K`` a trial trains K seeds and its value is the mean of
-their final evaluations (pruning watches the first), so a lucky seed does not win the study.
+(for an MLP) the network; ``--set`` fixes keys for every trial instead. After every periodic
+evaluation the trial reports its return, and Optuna's median pruner stops trials that fall
+below the median of earlier ones at the same step (not before a quarter of the budget, nor in
+the first 5 trials: early evaluations of a task like LunarLander say little about where a run
+ends). A trial's value is its final evaluation (mean over 10 deterministic episodes); with
+``--seeds K`` a trial trains K seeds and its value is the mean of their final evaluations
+(pruning watches the first), so a lucky seed does not win the study. An interrupted call
+(Ctrl-C) still writes the outputs below for the trials it completed.
 
 The study lives in ``--storage`` (default ``sqlite:///OUT/study.db``), so calling the same
 command again continues it with more trials. After each call the best trial so far is written
