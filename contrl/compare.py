@@ -5,7 +5,8 @@ the algorithm with ``--net lstm``), up to ``jobs`` at a time, each evaluated at 
 budget (``--steps``, or each algorithm's preset budget). ``--set`` and ``--preset`` apply to every
 run. Re-running the same command skips runs that are finished and resumes the others (an
 interrupted run, or one with fewer steps than asked) from their latest checkpoint; a run folder
-trained with other settings is refused, not mixed in.
+trained with other settings is refused, not mixed in. Ctrl-C (or SIGTERM) stops compare and the
+runs under way, each saving a checkpoint, and launches nothing more; the same command goes on.
 
 The tables (``compare.md``, ``compare.csv``; one row per run in ``runs.csv``) give per algorithm
 the final evaluation (mean and std over seeds; the seeds whose final evaluation reaches the
@@ -21,8 +22,10 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Optional
@@ -30,7 +33,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from contrl.config import ALGOS
-from contrl.errors import ContrlError
+from contrl.errors import ContrlError, Stopped
 
 EVAL_POINTS = 20
 # keys that do not change what a run learns: a run folder that differs only in these is reused
@@ -195,17 +198,50 @@ def compare(env: str, algos: str, steps: Optional[int] = None, seeds=3, jobs: in
         f"{skipped} finished run(s) skipped, {sum(s == 'resume' for _, s, _ in jobs_list)} to resume, "
         f"{sum(s == 'new' for _, s, _ in jobs_list)} to start, up to {jobs} at once")
 
-    def launch(job) -> tuple[Path, int]:
+    stopping, running, lock = threading.Event(), set(), threading.Lock()
+
+    def launch(job) -> tuple[Path, Optional[int]]:
         run, state, cmd = job
         run.mkdir(parents=True, exist_ok=True)
         with open(out / f"{run.name}.log", "a") as f:
-            code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
-        log(f"  {run.name}: {'finished' if code == 0 else f'failed (exit {code})'}"
+            with lock:
+                if stopping.is_set():
+                    return run, None
+                # its own session: a Ctrl-C reaches compare alone, which passes one SIGINT on (a run
+                # that got two would stop without saving its last steps)
+                proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+                running.add(proc)
+            code = proc.wait()
+            with lock:
+                running.discard(proc)
+        if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):  # stopped from outside: launch no more
+            stopping.set()
+        log(f"  {run.name}: {'finished' if code == 0 else 'stopped, checkpoint kept' if stopping.is_set() else f'failed (exit {code})'}"
             f"{' (resumed)' if state == 'resume' else ''}")
         return run, code
 
-    with ThreadPoolExecutor(jobs) as pool:
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    pool = ThreadPoolExecutor(jobs)
+    old = signal.signal(signal.SIGTERM, interrupt) if threading.current_thread() is threading.main_thread() else None
+    try:
         results = list(pool.map(launch, jobs_list))
+    except KeyboardInterrupt:
+        with lock:
+            stopping.set()
+            for proc in running:
+                proc.send_signal(signal.SIGINT)
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise Stopped("compare stopped; the runs under way saved checkpoints. Run the same command to go on "
+                      "(finished runs are kept, the others resume)") from None
+    finally:
+        pool.shutdown(wait=True)
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+    if stopping.is_set():
+        raise Stopped("compare stopped: a run was interrupted from outside (its checkpoint is kept). Run the same "
+                      "command to go on")
     failed = [run.name for run, code in results if code != 0]
 
     runs = []

@@ -23,6 +23,12 @@ class ContrlError(Exception):
                                  for c in str(message)))
 
 
+class Stopped(ContrlError):
+    """Stopped from outside (Ctrl-C, SIGTERM) with its work kept: one line, exit 130."""
+
+    exit_code = 130
+
+
 class Fault(ContrlError):
     """A run that could not go on (an env raised, a value went non-finite, the disk is full):
     one line saying what happened, where, and where the last good checkpoint is; the details

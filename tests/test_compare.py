@@ -108,3 +108,32 @@ def test_compare_preset_budget_seed_range_set_and_other_settings_refused(tmp_pat
     p = run_cli(*args, "--set", "a2c.lr=0.001")
     assert p.returncode == 2 and "a2c-s3 was trained with other settings (a2c:" in p.stderr
     assert "give another --out" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_ctrl_c_stops_compare_and_the_same_command_goes_on(tmp_path):
+    """One SIGINT to compare (as a terminal's Ctrl-C, which reaches compare alone: each run has its
+    own session) stops the run under way with a checkpoint, launches nothing more, exits 130 with
+    one line; the same command then resumes that run and finishes the rest."""
+    import signal
+    import time
+
+    out = tmp_path / "cmp"
+    cmd = [sys.executable, "-m", "contrl", "compare", "--env", "CartPole-v1", "--algos", "a2c", "--steps", "30000",
+           "--seeds", "2", "--out", str(out), "--set", "checkpoint_every=1000"]
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    latest = out / "a2c-s0" / "checkpoints" / "latest.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline and not latest.exists():
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    stdout, stderr = p.communicate(timeout=120)
+    assert p.returncode == 130, stderr
+    assert stderr.count("\n") == 1 and "compare stopped" in stderr and "Traceback" not in stderr
+    assert "a2c-s0: stopped, checkpoint kept" in stdout
+    assert not (out / "a2c-s1").exists() and not (out / "a2c-s0" / "summary.json").exists()
+    assert "interrupted at step" in (out / "a2c-s0.log").read_text()
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "1 to resume, 1 to start" in p.stdout and "a2c-s0: finished (resumed)" in p.stdout
+    for seed in (0, 1):
+        assert json.loads((out / f"a2c-s{seed}" / "summary.json").read_text())["steps"] >= 30000
