@@ -94,14 +94,40 @@ SPACES = {"ppo": _ppo, "a2c": _a2c, "acer": _acer}  # by update rule
 TRIAL_KEYS = {"eval_episodes": 5, "final_eval_episodes": 10}  # the search's own run keys, not the preset's
 
 
+class _Kept:
+    """The trial as the search spaces see it: a key the user fixed (--set) is answered with its value
+    and never suggested, so the study (its sampler, trials.csv, the plots) holds only the searched
+    keys. Space names: a rule's keys bare (``lr``), run and network keys as written (``n_envs``,
+    ``net.hidden``, whose choices are comma-joined)."""
+
+    def __init__(self, trial, kept: dict):
+        self.trial, self.kept = trial, kept
+
+    def _get(self, name: str, suggest, *args, **kwargs):
+        if name not in self.kept:
+            return suggest(name, *args, **kwargs)
+        v = self.kept[name]
+        return ",".join(str(h) for h in v) if isinstance(v, (list, tuple)) else v
+
+    def suggest_categorical(self, name, choices):
+        return self._get(name, self.trial.suggest_categorical, choices)
+
+    def suggest_float(self, name, low, high, **kwargs):
+        return self._get(name, self.trial.suggest_float, low, high, **kwargs)
+
+    def suggest_int(self, name, low, high, **kwargs):
+        return self._get(name, self.trial.suggest_int, low, high, **kwargs)
+
+
 def sample(trial, algo: str, cfg, fixed: Optional[dict] = None) -> dict:
     """The flat overrides of one trial ({'n_envs': 8, 'ppo.lr': ..., 'net.hidden': [...]}; the
-    network only for an MLP), with ``fixed`` (the user's --set) winning over drawn values.
+    network only for an MLP), with ``fixed`` (the user's --set) kept instead of searched.
     ``n_steps`` is capped so one round of updates fits in the budget."""
     from contrl.config import resolve_key
 
     rule = ALGOS[algo].rule
     fixed = {".".join(filter(None, resolve_key(k, algo))): v for k, v in (fixed or {}).items()}
+    trial = _Kept(trial, {(k.split(".", 1)[1] if k.startswith(rule + ".") else k): v for k, v in fixed.items()})
     run = {**_run(trial, cfg), **{k: v for k, v in fixed.items() if "." not in k}}
     envs = run["n_envs"] * (cfg.workers if cfg.runner in ("async", "ray") else 1)
     values = {**SPACES[rule](trial, cfg), **{k.split(".", 1)[1]: v for k, v in fixed.items() if k.startswith(rule + ".")}}
@@ -138,7 +164,9 @@ def tune(algo: str, env: str, trials: int, steps: Optional[int] = None, storage:
     out.mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{out / 'study.db'}"
     study_name = f"{algo}-{base.env}"
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # tune logs each trial in one line itself; Optuna's warnings would print a traceback for a
+    # trial stopped by Ctrl-C
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
         study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True, direction="maximize",
                                     sampler=optuna.samplers.TPESampler(seed=seed + len(_done(optuna, storage,

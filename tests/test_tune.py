@@ -35,6 +35,8 @@ def test_tune_seeds_per_trial_and_fixed_keys(run_cli, tmp_path):
     study = optuna.load_study(study_name="a2c-CartPole-v1", storage=f"sqlite:///{tmp_path / 'study' / 'study.db'}")
     for t in study.trials:
         assert len(t.user_attrs["finals"]) == 2 and t.value == pytest.approx(sum(t.user_attrs["finals"]) / 2)
+        # the kept keys are not searched: the sampler never sees a value the run did not use
+        assert "n_envs" not in t.params and "gamma" not in t.params and "lr" in t.params
     preset = yaml.safe_load((tmp_path / "study" / "best.yaml").read_text())
     assert preset["n_envs"] == 4 and preset["a2c"]["gamma"] == 0.97 and "norm_obs" in preset
     assert "eval_episodes" not in preset and "mean of 2 seeds" in (tmp_path / "study" / "best.yaml").read_text()
@@ -67,6 +69,29 @@ def test_an_interrupted_tune_still_writes_the_preset_and_the_record(tmp_path, mo
     rows = list(csv.DictReader(open(tmp_path / "study" / "trials.csv")))
     assert [r["state"] for r in rows] == ["COMPLETE", "COMPLETE", "FAIL"]
     assert yaml.safe_load((tmp_path / "study" / "best.yaml").read_text())["steps"] == 512
+
+
+def test_ctrl_c_on_tune_prints_one_line_and_no_traceback(tmp_path):
+    """A terminal's Ctrl-C during the first trial: exit 130, and stderr has no traceback (Optuna
+    logs a trial stopped by an exception with one)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    p = subprocess.Popen([sys.executable, "-m", "contrl", "tune", "a2c", "--env", "CartPole-v1", "--steps", "300000",
+                          "--trials", "2", "--out", str(tmp_path / "study")], cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    progress = tmp_path / "study" / "trial-0000" / "progress.csv"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (progress.exists() and len(progress.read_text().splitlines()) > 2):
+        time.sleep(0.1)
+    p.send_signal(signal.SIGINT)
+    _, stderr = p.communicate(timeout=60)
+    assert p.returncode == 130 and "Traceback" not in stderr, stderr
+    assert stderr.strip() == "contrl: interrupted", stderr
 
 
 class Stop(Exception):
