@@ -93,8 +93,8 @@ def parse_seeds(text) -> list[int]:
     except ValueError:
         seeds = []
     if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
-        raise ContrlError(f"--seeds must be a count (5: seeds 0-4), a range (10-14) or a list (0,3,7) of distinct "
-                          f"seeds >= 0, got '{text}'")
+        raise ContrlError(f"--seeds must be a count (5: seeds 0-4), a range (10-14; one seed: 7-7) or a list "
+                          f"(0,3,7) of distinct seeds >= 0, got '{text}'")
     return seeds
 
 

@@ -76,7 +76,7 @@ def test_compare_bad_algo_one_line(run_cli):
 
 
 @pytest.mark.parametrize("text, seeds", [("5", [0, 1, 2, 3, 4]), (3, [0, 1, 2]), ("10-12", [10, 11, 12]),
-                                         ("0,3,7", [0, 3, 7]), ("0-1,9", [0, 1, 9])])
+                                         ("0,3,7", [0, 3, 7]), ("0-1,9", [0, 1, 9]), ("7-7", [7])])
 def test_parse_seeds(text, seeds):
     assert parse_seeds(text) == seeds
 
