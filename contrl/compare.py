@@ -214,10 +214,11 @@ def compare(env: str, algos: str, steps: Optional[int] = None, seeds=3, jobs: in
             code = proc.wait()
             with lock:
                 running.discard(proc)
-        if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):  # stopped from outside: launch no more
+        stopped = code in (128 + signal.SIGINT, 128 + signal.SIGTERM)
+        if stopped:  # from outside: launch no more
             stopping.set()
-        log(f"  {run.name}: {'finished' if code == 0 else 'stopped, checkpoint kept' if stopping.is_set() else f'failed (exit {code})'}"
-            f"{' (resumed)' if state == 'resume' else ''}")
+        what = "finished" if code == 0 else "stopped, checkpoint kept" if stopped else f"failed (exit {code})"
+        log(f"  {run.name}: {what}{' (resumed)' if state == 'resume' else ''}")
         return run, code
 
     def interrupt(signum, frame):
