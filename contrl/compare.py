@@ -225,7 +225,10 @@ def compare(env: str, algos: str, steps: Optional[int] = None, seeds=3, jobs: in
         raise KeyboardInterrupt
 
     pool = ThreadPoolExecutor(jobs)
-    old = signal.signal(signal.SIGTERM, interrupt) if threading.current_thread() is threading.main_thread() else None
+    # our own handlers, as the trainer's: a SIGINT inherited as ignored (a background job of a
+    # script) must stop compare too
+    signals = (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ()
+    old = {sig: signal.signal(sig, interrupt) for sig in signals}
     try:
         results = list(pool.map(launch, jobs_list))
     except KeyboardInterrupt:
@@ -238,8 +241,8 @@ def compare(env: str, algos: str, steps: Optional[int] = None, seeds=3, jobs: in
                       "(finished runs are kept, the others resume)") from None
     finally:
         pool.shutdown(wait=True)
-        if old is not None:
-            signal.signal(signal.SIGTERM, old)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
     if stopping.is_set():
         raise Stopped("compare stopped: a run was interrupted from outside (its checkpoint is kept). Run the same "
                       "command to go on")
