@@ -207,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--env", required=True, help="Gymnasium id or package.module:ClassName")
     c.add_argument("--algos", required=True, help="comma-separated: ppo,ppo-lstm,a2c,a3c,acer (NAME-lstm: --net lstm)")
     c.add_argument("--steps", type=float, help="env steps per run (default: each algorithm's preset budget)")
-    c.add_argument("--seeds", default="3", help="a count (5: seeds 0-4), a range (10-14; one seed: 7-7) or a list (0,3,7); default 3")
+    c.add_argument("--seeds", default="3", help="a count (5: seeds 0-4), a range (10-14; one seed: 7-7) or a "
+                                                "list (0,3,7); default 3")
     c.add_argument("--jobs", type=int, default=1, help="runs at once (default 1; each a3c/async run uses --workers "
                                                         "processes)")
     c.add_argument("--out", help="folder for the runs, tables and plots (default runs/compare-ENV)")
