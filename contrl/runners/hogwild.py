@@ -41,7 +41,7 @@ SEND_EVERY_S = 0.5  # how often a worker reports its statistics and episodes
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}  # the coordinator's to handle: workers ignore them
 
 
-def _worker(idx: int, launch: dict, cfg_json: str, rule, counters: torch.Tensor, base_step: int, stop, conn,
+def _worker(idx: int, launch: dict, cfg_json: str, rule, counters: torch.Tensor, base_step: int, stop, go, conn,
             obs_table, reward_table, threads: int, parent_pid: int) -> None:
     for s in STOP_SIGNALS:
         signal.signal(s, signal.SIG_IGN)
@@ -58,6 +58,9 @@ def _worker(idx: int, launch: dict, cfg_json: str, rule, counters: torch.Tensor,
         local, shared = w.rule.weights(), rule.weights()
         window, episodes = StatsWindow(), []
         conn.send(("ready",))
+        while not go.wait(0.2):  # the first workers wait for the last to start: none runs ahead alone
+            if stop.is_set() or os.getppid() != parent_pid:
+                break
 
         def send():
             conn.send(("stats", window.sums, window.n, list(episodes)))
@@ -135,6 +138,7 @@ class HogwildEnvs(Envs):
         self.reward_table = torch.zeros(W, 3, dtype=torch.float64).share_memory_() if cfg.norm_reward else None
         self.ctx = mp.get_context("spawn")
         self.stop_event = self.ctx.Event()
+        self.go = self.ctx.Event()  # set once every worker has started (restarted ones go at once)
         self.conns: list = [None] * W  # one pipe per worker: a worker killed mid-message spoils only its own
         self.ready, self.restarts = [False] * W, Restarts(W, cfg.max_restarts, self.log)
         self.launches: list[dict] = []
@@ -149,7 +153,7 @@ class HogwildEnvs(Envs):
         info = {"worker": i, "env_seeds": seeds, "torch_seed": seeds[0], "step": self.base + self.counted}
         receiver, sender = self.ctx.Pipe(duplex=False)
         p = self.ctx.Process(target=_worker, daemon=True, args=(
-            i, info, self.cfg.to_json(), self.rule, self.counters, self.base, self.stop_event, sender,
+            i, info, self.cfg.to_json(), self.rule, self.counters, self.base, self.stop_event, self.go, sender,
             self.obs_table, self.reward_table, self.threads, os.getpid()))
         # children start with the stop signals blocked, so a Ctrl-C during their start-up cannot hit them
         old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
@@ -233,6 +237,8 @@ class HogwildEnvs(Envs):
                 self._launch(i)
         self._drain(0.1)
         self._check_workers()
+        if not self.go.is_set() and all(self.ready):
+            self.go.set()
         return self._take()
 
     def stop(self) -> tuple[dict, int, int]:
