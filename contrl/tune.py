@@ -2,8 +2,9 @@
 
 Each trial is one ``contrl train`` run (in-process, ``OUT/trial-NNNN``) with values drawn from the
 algorithm's search space (``SPACES``, by update rule: a3c uses a2c's) on top of the env's preset.
-The search covers the rule's keys, the run's ``n_envs``, ``norm_obs`` and ``norm_reward`` and
-(for an MLP) the network; ``--set`` fixes keys for every trial instead. After every periodic
+The search covers the rule's keys, the run's ``n_envs``, ``norm_obs`` and ``norm_reward``,
+(for an MLP) the network's widths and activation and (for Box actions) the Gaussian's initial
+log-std; ``--set`` fixes keys for every trial instead. After every periodic
 evaluation the trial reports its return, and Optuna's median pruner stops trials that fall
 below the median of earlier ones at the same step (not before a quarter of the budget, nor in
 the first 5 trials: early evaluations of a task like LunarLander say little about where a run
@@ -83,6 +84,11 @@ def _net(trial) -> dict:
             "activation": trial.suggest_categorical("net.activation", ["tanh", "relu"])}
 
 
+def _gaussian(trial) -> dict:
+    """Box actions: the Gaussian policy's initial log-std (any network type)."""
+    return {"net.log_std_init": trial.suggest_categorical("net.log_std_init", [-2.0, -1.0, -0.5, 0.0])}
+
+
 def _run(trial, cfg) -> dict:
     """Run keys every rule shares: envs per runner/worker, observation and reward normalisation."""
     return {"n_envs": trial.suggest_categorical("n_envs", [4, 8, 16, 32]),
@@ -119,9 +125,10 @@ class _Kept:
         return self._get(name, self.trial.suggest_int, low, high, **kwargs)
 
 
-def sample(trial, algo: str, cfg, fixed: Optional[dict] = None) -> dict:
+def sample(trial, algo: str, cfg, fixed: Optional[dict] = None, continuous: bool = False) -> dict:
     """The flat overrides of one trial ({'n_envs': 8, 'ppo.lr': ..., 'net.hidden': [...]}; the
-    network only for an MLP), with ``fixed`` (the user's --set) kept instead of searched.
+    network's widths and activation only for an MLP, its initial log-std for ``continuous``
+    (Box) actions), with ``fixed`` (the user's --set) kept instead of searched.
     ``n_steps`` is capped so one round of updates fits in the budget."""
     from contrl.config import resolve_key
 
@@ -140,6 +147,8 @@ def sample(trial, algo: str, cfg, fixed: Optional[dict] = None) -> dict:
         net = _net(trial)
         out["net.hidden"] = [int(h) for h in net["hidden"].split(",")]
         out["net.activation"] = net["activation"]
+    if continuous:
+        out.update(_gaussian(trial))
     out.update({k: v for k, v in fixed.items() if k.startswith("net.")})
     return out
 
@@ -160,6 +169,11 @@ def tune(algo: str, env: str, trials: int, steps: Optional[int] = None, storage:
         raise ContrlError(f"--trials and --seeds must be >= 1, got {trials}, {seeds}")
     # bad input (and a bad --set) fails here
     base = build_config(algo, env, steps=steps, seed=seed, env_kwargs=env_kwargs, net=net, overrides=fixed)
+    import gymnasium as gym
+
+    from contrl.envs.make import env_spaces
+
+    continuous = isinstance(env_spaces(base.env, base.env_kwargs)[1], gym.spaces.Box)
     out = Path(out) if out is not None else Path("runs") / f"tune-{algo}-{base.env.split('/')[-1].split(':')[-1]}"
     out.mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{out / 'study.db'}"
@@ -180,7 +194,7 @@ def tune(algo: str, env: str, trials: int, steps: Optional[int] = None, storage:
     from contrl.errors import Interrupted
 
     def objective(trial) -> float:
-        flat = sample(trial, algo, base, fixed)
+        flat = sample(trial, algo, base, fixed, continuous)
         trial.set_user_attr("overrides", json.dumps(flat))
 
         def hook(step: int, mean: float) -> None:

@@ -117,3 +117,23 @@ def test_eval_hook_sees_every_evaluation_and_can_stop_the_run(tmp_path):
 def test_tune_bad_algo_one_line(run_cli):
     p = run_cli("tune", "dqn", "--env", "CartPole-v1", "--trials", "1")
     assert p.returncode == 2 and "unknown algorithm 'dqn'" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_box_actions_search_the_initial_log_std(tmp_path):
+    """Continuous actions add the Gaussian's initial log-std to the space (a discrete env does not),
+    and a kept value is not searched."""
+    import optuna
+
+    from contrl.config import build_config
+    from contrl.tune import sample
+
+    cfg = build_config("a2c", "Pendulum-v1", steps=1000)
+    study = optuna.create_study()
+    t = study.ask()
+    flat = sample(t, "a2c", cfg, continuous=True)
+    assert flat["net.log_std_init"] in (-2.0, -1.0, -0.5, 0.0) and "net.log_std_init" in t.params
+    t = study.ask()
+    assert "net.log_std_init" not in sample(t, "a2c", cfg) and "net.log_std_init" not in t.params
+    t = study.ask()
+    flat = sample(t, "a2c", cfg, fixed={"net.log_std_init": -0.7}, continuous=True)
+    assert flat["net.log_std_init"] == -0.7 and "net.log_std_init" not in t.params
