@@ -84,3 +84,21 @@ def test_runner_keys_are_kept_only_where_they_apply():
     assert cfg.ray_async and cfg.to_dict()["ray_pattern"] == "async"
     assert not build_config("ppo", "CartPole-v1", overrides={"runner": "ray"}).ray_async
     assert "workers" not in build_config("ppo", "CartPole-v1").to_dict()
+
+
+@pytest.mark.parametrize("algo", ["ppo", "a2c", "a3c", "acer"])
+def test_every_shipped_preset_builds_and_is_picked_by_its_env_id(algo):
+    """Each YAML in contrl/presets/ALGO/ is a valid config, and (except the chapter's) is the one a run
+    of its env id picks: NAME-continuous with continuous=true, NAME-lstm with --net lstm."""
+    from contrl.config import default_preset, list_presets
+
+    names = list_presets(algo)
+    assert "chapter" in names and len(names) >= 4, names
+    for name in names:
+        cfg = build_config(algo, preset=name)
+        if name.startswith("chapter"):
+            continue
+        net = "lstm" if name.endswith("-lstm") else None
+        kwargs = {"continuous": True} if "-continuous" in name else {}
+        assert cfg.env == name.removesuffix("-lstm").removesuffix("-continuous"), (name, cfg.env)
+        assert default_preset(algo, cfg.env, kwargs, net) == name, name
