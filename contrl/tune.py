@@ -193,7 +193,10 @@ def tune(algo: str, env: str, trials: int, steps: Optional[int] = None, storage:
     from contrl.api import train
     from contrl.errors import Interrupted
 
+    mine: list[int] = []  # this call's trials (a second copy of the command may add its own to the study)
+
     def objective(trial) -> float:
+        mine.append(trial.number)
         flat = sample(trial, algo, base, fixed, continuous)
         trial.set_user_attr("overrides", json.dumps(flat))
 
@@ -221,7 +224,7 @@ def tune(algo: str, env: str, trials: int, steps: Optional[int] = None, storage:
         log(f"  trial {trial.number}: {value:.2f}" + (f" ({', '.join(f'{f:.1f}' for f in finals)})" if seeds > 1 else ""))
         return value
 
-    before, interrupted = len(study.trials), False
+    interrupted = False
     try:
         study.optimize(objective, n_trials=trials, timeout=timeout,
                        callbacks=[lambda s, t: t.state.name == "PRUNED" and log(f"  trial {t.number}: pruned")])
@@ -241,7 +244,7 @@ def tune(algo: str, env: str, trials: int, steps: Optional[int] = None, storage:
     (out / "best.yaml").write_text(header + yaml.safe_dump(preset, sort_keys=False))
     _plot(study, out / "study.png", f"{algo} on {base.env}")
     _trials_csv(study, out / "trials.csv")
-    log(f"study '{study_name}' in {storage}: {len(study.trials) - before} new trial(s), {len(study.trials)} in all "
+    log(f"study '{study_name}' in {storage}: {len(mine)} new trial(s), {len(study.trials)} in all "
         f"({len(done)} completed); best {best.value:.2f} (trial {best.number}) -> {out / 'best.yaml'}, "
         f"{out / 'study.png'}, {out / 'trials.csv'}")
     if interrupted:

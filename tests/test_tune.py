@@ -137,3 +137,38 @@ def test_box_actions_search_the_initial_log_std(tmp_path):
     t = study.ask()
     flat = sample(t, "a2c", cfg, fixed={"net.log_std_init": -0.7}, continuous=True)
     assert flat["net.log_std_init"] == -0.7 and "net.log_std_init" not in t.params
+
+
+def test_two_copies_of_one_tune_command_share_the_study(tmp_path):
+    """A second copy started once the first has begun a trial runs its own trials beside it on the
+    same study (a different sampler seed: no trial repeats another's values), and each reports
+    only the trials it ran."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import optuna
+
+    from tests.conftest import ROOT
+
+    args = [sys.executable, "-m", "contrl", "tune", "ppo", "--env", "CartPole-v1", "--steps", "2048",
+            "--trials", "3", "--out", str(tmp_path / "st")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
+    storage = f"sqlite:///{tmp_path / 'st' / 'study.db'}"
+    deadline = time.time() + 120
+    while time.time() < deadline:  # until the first copy's first trial is in the study
+        try:
+            if optuna.load_study(study_name="ppo-CartPole-v1", storage=storage).trials:
+                break
+        except (KeyError, ValueError, optuna.exceptions.OptunaError):
+            pass
+        time.sleep(0.2)
+    second = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0 and second.returncode == 0, (err, second.stderr)
+    assert "3 new trial(s)" in out and "3 new trial(s)" in second.stdout, (out, second.stdout)
+    trials = optuna.load_study(study_name="ppo-CartPole-v1", storage=storage).trials
+    assert len(trials) == 6 and all(t.state.name == "COMPLETE" for t in trials)
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 6
