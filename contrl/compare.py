@@ -164,6 +164,7 @@ def compare(env: str, algos: str, steps: Optional[int] = None, seeds=3, jobs: in
             for name, algo, net in specs}
     budget = {name: cfg.steps for name, cfg in cfgs.items()}
     probe = make_env(env, kwargs)  # a bad env fails here, once
+    given = threshold  # an explicit --threshold is part of the command that reproduces the table
     if threshold is None and probe.spec is not None:
         threshold = probe.spec.reward_threshold
     probe.close()
@@ -268,7 +269,7 @@ def compare(env: str, algos: str, steps: Optional[int] = None, seeds=3, jobs: in
                          "steps_per_s": s["steps_per_s"], "wall_s": s["wall_s"], "cpu_s": s.get("cpu_s"),
                          "curve": curve})
     rows = _table(specs, runs, threshold)
-    _write(out, env, budget, threshold, rows, runs, _command(env, algos, steps, seeds, env_kwargs, sets, preset))
+    _write(out, env, budget, threshold, rows, runs, _command(env, algos, steps, seeds, env_kwargs, sets, preset, given))
     _plot(out, env, specs, runs)
     log(f"tables: {out / 'compare.md'}, {out / 'compare.csv'}, {out / 'runs.csv'}; plots: "
         f"{out / 'return_vs_steps.png'}, {out / 'return_vs_wall.png'}")
@@ -286,13 +287,15 @@ def _seed_text(seeds: list[int]) -> str:
     return ",".join(map(str, seeds))
 
 
-def _command(env, algos, steps, seeds, env_kwargs, sets, preset) -> str:
+def _command(env, algos, steps, seeds, env_kwargs, sets, preset, threshold=None) -> str:
     """The contrl compare command that reproduces the table (without --out/--jobs)."""
     parts = ["contrl compare", f"--env {env}", f"--algos {algos}", f"--seeds {_seed_text(seeds)}"]
     if steps is not None:
         parts.append(f"--steps {steps}")
     if env_kwargs:
         parts.append("--env-kwargs " + " ".join(env_kwargs))
+    if threshold is not None:
+        parts.append(f"--threshold {threshold:g}")
     if preset:
         parts.append(f"--preset {preset}")
     if sets:

@@ -94,7 +94,7 @@ def test_compare_preset_budget_seed_range_set_and_other_settings_refused(tmp_pat
     preset.write_text("env: CartPole-v1\nsteps: 1024\nn_envs: 4\na2c:\n  n_steps: 8\n")
     out = tmp_path / "cmp"
     args = ("compare", "--env", "CartPole-v1", "--algos", "a2c", "--seeds", "3-4", "--preset", str(preset),
-            "--out", str(out))
+            "--threshold", "480", "--out", str(out))
     p = run_cli(*args, "--set", "a2c.lr=0.002", "--jobs", "2")
     assert p.returncode == 0, p.stderr
     for seed in (3, 4):
@@ -104,7 +104,8 @@ def test_compare_preset_budget_seed_range_set_and_other_settings_refused(tmp_pat
     runs = list(csv.DictReader(open(out / "runs.csv")))
     assert sorted(r["seed"] for r in runs) == ["3", "4"] and all(r["solved"] == "False" for r in runs)
     md = (out / "compare.md").read_text()
-    assert f"--seeds 3-4 --preset {preset} --set a2c.lr=0.002`" in md and "| a2c | 2 | 1,024 |" in md
+    assert f"--seeds 3-4 --threshold 480 --preset {preset} --set a2c.lr=0.002`" in md and "| a2c | 2 | 1,024 |" in md
+    assert "threshold (480)" in md
     p = run_cli(*args, "--set", "a2c.lr=0.001")
     assert p.returncode == 2 and "a2c-s3 was trained with other settings (a2c:" in p.stderr
     assert "give another --out" in p.stderr and "Traceback" not in p.stderr
