@@ -23,6 +23,7 @@ every trial's values and result, ``OUT/trials.csv``.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -163,6 +164,7 @@ def tune(algo: str, env: str, trials: int, steps: Optional[int] = None, storage:
         import optuna
     except ImportError:
         raise ContrlError('contrl tune needs Optuna: pip install "contrl[tune]" (or pip install optuna)') from None
+    from sqlalchemy.exc import SQLAlchemyError  # Optuna's storage raises these unwrapped (Optuna requires SQLAlchemy)
     if algo not in ALGOS:
         raise ContrlError(f"unknown algorithm '{algo}'; available: {', '.join(ALGOS)}")
     if trials < 1 or seeds < 1:
@@ -182,13 +184,13 @@ def tune(algo: str, env: str, trials: int, steps: Optional[int] = None, storage:
     # trial stopped by Ctrl-C
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
-        study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True, direction="maximize",
-                                    sampler=optuna.samplers.TPESampler(seed=seed + len(_done(optuna, storage,
-                                                                                             study_name))),
+        rdb = _storage(optuna, storage)
+        study = optuna.create_study(study_name=study_name, storage=rdb, load_if_exists=True, direction="maximize",
+                                    sampler=optuna.samplers.TPESampler(seed=seed + len(_done(optuna, rdb, study_name))),
                                     pruner=optuna.pruners.MedianPruner(n_startup_trials=5,
                                                                        n_warmup_steps=base.steps // 4))
-    except (ValueError, ImportError, optuna.exceptions.OptunaError) as e:
-        raise ContrlError(f"cannot open the study in '{storage}' ({type(e).__name__}: {e}); give --storage "
+    except (ValueError, ImportError, optuna.exceptions.OptunaError, SQLAlchemyError) as e:
+        raise ContrlError(f"cannot open the study in '{storage}' ({_one_line(e)}); give --storage "
                           f"sqlite:///FILE.db") from None
     from contrl.api import train
     from contrl.errors import Interrupted
@@ -230,6 +232,10 @@ def tune(algo: str, env: str, trials: int, steps: Optional[int] = None, storage:
                        callbacks=[lambda s, t: t.state.name == "PRUNED" and log(f"  trial {t.number}: pruned")])
     except KeyboardInterrupt:  # Ctrl-C / SIGTERM: the trial under way is lost, the completed ones are written
         interrupted = True
+    except SQLAlchemyError as e:  # the storage failed mid-study (a full disk, a lock held past 60 s)
+        raise ContrlError(f"the study's storage '{storage}' failed ({_one_line(e)}); the completed "
+                          f"trials are kept in it: free the disk or stop the other writer, then run the same "
+                          f"command to continue the study") from None
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
     if not done:
         if interrupted:
@@ -271,7 +277,29 @@ def _trials_csv(study, path: Path) -> None:
             w.writerow([t.number, t.state.name, value, finals, last, *[values.get(k, "") for k in keys]])
 
 
-def _done(optuna, storage: str, name: str) -> list:
+def _one_line(e: Exception) -> str:
+    """An error in one line (SQLAlchemy's text runs on with the statement and a link)."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _storage(optuna, url: str, attempts: int = 6):
+    """Optuna's RDB storage at ``url``. Two copies of one tune command started together both create
+    the schema of a new SQLite file, and the loser fails on the schema-version row (IntegrityError)
+    or a lock (OperationalError); once the winner is done the tables exist, so try again. SQLite
+    connections wait up to 60 s for a lock held by the other copy (SQLite's default is 5 s)."""
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    for attempt in range(attempts - 1):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        except (IntegrityError, OperationalError):
+            time.sleep(0.25 * (attempt + 1))
+    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+
+
+def _done(optuna, storage, name: str) -> list:
     """Trials already in the study (so a continued study's sampler does not repeat the first draws)."""
     try:
         return optuna.load_study(study_name=name, storage=storage).trials
