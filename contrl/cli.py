@@ -108,7 +108,8 @@ def cmd_tune(a: argparse.Namespace) -> int:
 
     res = tune(a.algo, a.env, a.trials, steps=int(a.steps) if a.steps else None, storage=a.storage, timeout=a.timeout,
                out=a.out, net=a.net, env_kwargs=parse_assignments(a.env_kwargs, "--env-kwargs"), seed=a.seed,
-               seeds=a.seeds, fixed=parse_assignments(a.set), log=lambda line: print(line, flush=True))
+               seeds=a.seeds, fixed=parse_assignments(a.set), search=parse_assignments(a.search, "--search", raw=True),
+               log=lambda line: print(line, flush=True))
     print(f"best: {res['best_value']:.2f} (trial {res['best_trial']}); train with: contrl train {a.algo} "
           f"--preset {res['preset']}")
     return 0
@@ -234,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "evaluations (default 1)")
     tu.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                     help="keys every trial keeps instead of searching them (e.g. --set n_envs=16)")
+    tu.add_argument("--search", nargs="+", action="extend", default=[], metavar="KEY=LOW..HIGH|A|B",
+                    help="search a key over your range or choices instead of the built-in ones "
+                         "(e.g. --search a2c.lr=1e-4..1e-3 n_steps='5|16|32' net.hidden='256,256|64,64')")
     tu.set_defaults(func=cmd_tune)
 
     d = sub.add_parser("doctor", help="check the installation: torch, Box2D, MuJoCo, rendering, video")

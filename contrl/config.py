@@ -440,16 +440,17 @@ def _set(cfg: Config, key: str, value: Any) -> None:
     setattr(target, name, value)
 
 
-def parse_assignments(items: list[str], what: str = "--set") -> dict:
-    """['a=1', 'b=x'] -> {'a': 1, 'b': 'x'}."""
+def parse_assignments(items: list[str], what: str = "--set", raw: bool = False) -> dict:
+    """['a=1', 'b=x'] -> {'a': 1, 'b': 'x'} (with ``raw``, the values as written: '1', 'x')."""
     out: dict = {}
     for item in items or []:
         if "=" not in item:
-            raise ContrlError(f"{what} expects key=value, got '{item}'; write e.g. {what} lr=0.001")
+            raise ContrlError(f"{what} expects key=value, got '{item}'; write e.g. {what} "
+                              f"{'lr=1e-4..1e-3' if raw else 'lr=0.001'}")
         k, v = item.split("=", 1)
         if not k:
             raise ContrlError(f"{what} expects key=value, got '{item}'")
-        out[k.strip()] = parse_scalar(v)
+        out[k.strip()] = v if raw else parse_scalar(v)
     return out
 
 

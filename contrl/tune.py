@@ -4,7 +4,8 @@ Each trial is one ``contrl train`` run (in-process, ``OUT/trial-NNNN``) with val
 algorithm's search space (``SPACES``, by update rule: a3c uses a2c's) on top of the env's preset.
 The search covers the rule's keys, the run's ``n_envs``, ``norm_obs`` and ``norm_reward``,
 (for an MLP) the network's widths and activation and (for Box actions) the Gaussian's initial
-log-std; ``--set`` fixes keys for every trial instead. After every periodic
+log-std; ``--set`` fixes keys for every trial instead, and ``--search KEY=LOW..HIGH`` or
+``KEY=A|B|C`` narrows a searched key to the user's range or choices. After every periodic
 evaluation the trial reports its return, and Optuna's median pruner stops trials that fall
 below the median of earlier ones at the same step (not before a quarter of the budget, nor in
 the first 5 trials: early evaluations of a task like LunarLander say little about where a run
@@ -104,38 +105,136 @@ TRIAL_KEYS = {"eval_episodes": 5, "final_eval_episodes": 10}  # the search's own
 class _Kept:
     """The trial as the search spaces see it: a key the user fixed (--set) is answered with its value
     and never suggested, so the study (its sampler, trials.csv, the plots) holds only the searched
-    keys. Space names: a rule's keys bare (``lr``), run and network keys as written (``n_envs``,
-    ``net.hidden``, whose choices are comma-joined)."""
+    keys; a key the user narrowed (--search) is suggested from the user's range or choices instead
+    of the space's own. Space names: a rule's keys bare (``lr``), run and network keys as written
+    (``n_envs``, ``net.hidden``, whose choices are comma-joined)."""
 
-    def __init__(self, trial, kept: dict):
-        self.trial, self.kept = trial, kept
+    def __init__(self, trial, kept: dict, narrowed: Optional[dict] = None):
+        self.trial, self.kept, self.narrowed = trial, kept, narrowed or {}
 
-    def _get(self, name: str, suggest, *args, **kwargs):
-        if name not in self.kept:
-            return suggest(name, *args, **kwargs)
-        v = self.kept[name]
-        return ",".join(str(h) for h in v) if isinstance(v, (list, tuple)) else v
+    def _get(self, name: str, kind: str, *args, **kwargs):
+        if name in self.kept:
+            v = self.kept[name]
+            return ",".join(str(h) for h in v) if isinstance(v, (list, tuple)) else v
+        spec = self.narrowed.get(name)
+        if spec is None:
+            return getattr(self.trial, f"suggest_{kind}")(name, *args, **kwargs)
+        if spec[0] == "choices":
+            return self.trial.suggest_categorical(name, spec[1])
+        _, low, high, is_int = spec
+        if is_int:
+            return self.trial.suggest_int(name, int(low), int(high), log=kwargs.get("log", False))
+        return self.trial.suggest_float(name, low, high, log=kwargs.get("log", False))
 
     def suggest_categorical(self, name, choices):
-        return self._get(name, self.trial.suggest_categorical, choices)
+        return self._get(name, "categorical", choices)
 
     def suggest_float(self, name, low, high, **kwargs):
-        return self._get(name, self.trial.suggest_float, low, high, **kwargs)
+        return self._get(name, "float", low, high, **kwargs)
 
     def suggest_int(self, name, low, high, **kwargs):
-        return self._get(name, self.trial.suggest_int, low, high, **kwargs)
+        return self._get(name, "int", low, high, **kwargs)
 
 
-def sample(trial, algo: str, cfg, fixed: Optional[dict] = None, continuous: bool = False) -> dict:
+class _Recorder:
+    """A stand-in trial that answers each suggestion with its first choice (or its low end) and
+    notes what the space asked: which names it searches, and how (``--search`` is checked
+    against this)."""
+
+    def __init__(self):
+        self.asked: dict = {}
+
+    def suggest_categorical(self, name, choices):
+        self.asked[name] = ("categorical", list(choices), False)
+        return choices[0]
+
+    def suggest_float(self, name, low, high, **kwargs):
+        self.asked[name] = ("float", [low, high], kwargs.get("log", False))
+        return low
+
+    def suggest_int(self, name, low, high, **kwargs):
+        self.asked[name] = ("int", [low, high], kwargs.get("log", False))
+        return low
+
+
+def _space_name(key: str, algo: str) -> str:
+    """A --set/--search key as the search spaces name it: the rule's keys bare, others as written."""
+    from contrl.config import resolve_key
+
+    rule = ALGOS[algo].rule
+    full = ".".join(filter(None, resolve_key(key, algo)))
+    return full.split(".", 1)[1] if full.startswith(rule + ".") else full
+
+
+def _number(text: str):
+    """'16' -> 16, '1e-4' -> 0.0001, anything else -> None."""
+    for kind in (int, float):
+        try:
+            return kind(text.strip())
+        except ValueError:
+            pass
+    return None
+
+
+def narrow(search: dict, algo: str, cfg, fixed: Optional[dict] = None, continuous: bool = False) -> dict:
+    """``--search`` specs ({'lr': '1e-4..1e-3', 'n_steps': '5|16|32'}) -> the narrowed space
+    ({space name: ('range', low, high, is_int) | ('choices', [...])}). A range keeps the space's
+    scale (log where the space searches the key on a log scale); it needs a key whose values are
+    numbers. Errors name the key and the keys this search has."""
+    from contrl.config import parse_scalar
+
+    rec = _Recorder()
+    sample(rec, algo, cfg, fixed, continuous)
+    kept = {_space_name(k, algo) for k in (fixed or {})}
+    out: dict = {}
+    for key, text in search.items():
+        try:
+            name = _space_name(key, algo)
+        except ContrlError as e:
+            raise ContrlError(f"--search: {e}") from None
+        if name in kept:
+            raise ContrlError(f"--search {key} is also fixed with --set; give it in one of the two")
+        if name not in rec.asked:
+            raise ContrlError(f"--search {key}: not a key this search draws for {algo} on {cfg.env}; searched keys: "
+                              f"{', '.join(sorted(rec.asked))}")
+        kind, default, log = rec.asked[name]
+        text = str(text).strip()
+        if ".." in text and "|" not in text:
+            low, _, high = text.partition("..")
+            low, high = _number(low), _number(high)
+            numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in default)
+            if not numeric:
+                raise ContrlError(f"--search {key}={text}: {key} takes choices ({'|'.join(map(str, default))}), "
+                                  f"not a range")
+            if low is None or high is None or low >= high:
+                raise ContrlError(f"--search {key}={text}: a range is LOW..HIGH with numbers, LOW < HIGH "
+                                  f"(e.g. {key}=1e-4..1e-3)")
+            is_int = all(isinstance(v, int) for v in default) and isinstance(low, int) and isinstance(high, int)
+            if log and low <= 0:
+                raise ContrlError(f"--search {key}={text}: this key is searched on a log scale; LOW must be > 0")
+            out[name] = ("range", low, high, is_int)
+        else:
+            choices = [c.strip() for c in text.split("|") if c.strip()]
+            if not choices:
+                raise ContrlError(f"--search {key}='{text}': give LOW..HIGH or choices A|B|C")
+            out[name] = ("choices", choices if name == "net.hidden" else
+                         [_number(c) if _number(c) is not None else parse_scalar(c) for c in choices])
+    return out
+
+
+def sample(trial, algo: str, cfg, fixed: Optional[dict] = None, continuous: bool = False,
+           narrowed: Optional[dict] = None) -> dict:
     """The flat overrides of one trial ({'n_envs': 8, 'ppo.lr': ..., 'net.hidden': [...]}; the
     network's widths and activation only for an MLP, its initial log-std for ``continuous``
-    (Box) actions), with ``fixed`` (the user's --set) kept instead of searched.
+    (Box) actions), with ``fixed`` (the user's --set) kept instead of searched and ``narrowed``
+    (from ``narrow``, the user's --search) drawn instead of the space's own ranges.
     ``n_steps`` is capped so one round of updates fits in the budget."""
     from contrl.config import resolve_key
 
     rule = ALGOS[algo].rule
     fixed = {".".join(filter(None, resolve_key(k, algo))): v for k, v in (fixed or {}).items()}
-    trial = _Kept(trial, {(k.split(".", 1)[1] if k.startswith(rule + ".") else k): v for k, v in fixed.items()})
+    trial = _Kept(trial, {(k.split(".", 1)[1] if k.startswith(rule + ".") else k): v for k, v in fixed.items()},
+                  narrowed)
     run = {**_run(trial, cfg), **{k: v for k, v in fixed.items() if "." not in k}}
     envs = run["n_envs"] * (cfg.workers if cfg.runner in ("async", "ray") else 1)
     values = {**SPACES[rule](trial, cfg), **{k.split(".", 1)[1]: v for k, v in fixed.items() if k.startswith(rule + ".")}}
@@ -157,9 +256,11 @@ def sample(trial, algo: str, cfg, fixed: Optional[dict] = None, continuous: bool
 def tune(algo: str, env: str, trials: int, steps: Optional[int] = None, storage: Optional[str] = None,
          timeout: Optional[float] = None, out: Optional[str | Path] = None, net: Optional[str] = None,
          env_kwargs: Optional[dict] = None, seed: int = 0, seeds: int = 1, fixed: Optional[dict] = None,
-         log: Callable[[str], None] = print) -> dict:
+         search: Optional[dict] = None, log: Callable[[str], None] = print) -> dict:
     """``seeds``: runs per trial (seeds seed..seed+seeds-1; the trial's value is the mean of their
-    final evaluations, pruning watches the first); ``fixed``: overrides that every trial keeps."""
+    final evaluations, pruning watches the first); ``fixed``: overrides that every trial keeps;
+    ``search``: keys searched over the user's range or choices instead of the space's own
+    ({'a2c.lr': '1e-4..1e-3', 'n_steps': '5|16|32'}, as ``--search`` gives them)."""
     try:
         import optuna
     except ImportError:
@@ -176,6 +277,7 @@ def tune(algo: str, env: str, trials: int, steps: Optional[int] = None, storage:
     from contrl.envs.make import env_spaces
 
     continuous = isinstance(env_spaces(base.env, base.env_kwargs)[1], gym.spaces.Box)
+    narrowed = narrow(search or {}, algo, base, fixed, continuous)
     out = Path(out) if out is not None else Path("runs") / f"tune-{algo}-{base.env.split('/')[-1].split(':')[-1]}"
     out.mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{out / 'study.db'}"
@@ -199,7 +301,7 @@ def tune(algo: str, env: str, trials: int, steps: Optional[int] = None, storage:
 
     def objective(trial) -> float:
         mine.append(trial.number)
-        flat = sample(trial, algo, base, fixed, continuous)
+        flat = sample(trial, algo, base, fixed, continuous, narrowed)
         trial.set_user_attr("overrides", json.dumps(flat))
 
         def hook(step: int, mean: float) -> None:
@@ -247,6 +349,10 @@ def tune(algo: str, env: str, trials: int, steps: Optional[int] = None, storage:
     header = (f"# contrl tune {algo} on {base.env}: best of {len(done)} completed trial(s) "
               f"(trial {best.number}, final eval {best.value:.2f} at {base.steps:,} steps"
               f"{f', mean of {len(finals)} seeds' if len(finals) > 1 else ''})\n")
+    if search:
+        header += f"# searched with --search {' '.join(f'{k}={v}' for k, v in search.items())}\n"
+    if fixed:
+        header += f"# kept with --set {' '.join(f'{k}={v}' for k, v in fixed.items())}\n"
     (out / "best.yaml").write_text(header + yaml.safe_dump(preset, sort_keys=False))
     _plot(study, out / "study.png", f"{algo} on {base.env}")
     _trials_csv(study, out / "trials.csv")

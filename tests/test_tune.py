@@ -26,7 +26,8 @@ def test_tune_seeds_per_trial_and_fixed_keys(run_cli, tmp_path):
     """--seeds 2: each trial trains two seeds, its value is the mean of their finals; --set keys are
     kept by every trial and written into the preset."""
     p = run_cli("tune", "a2c", "--env", "CartPole-v1", "--steps", "1024", "--out", tmp_path / "study", "--trials", "2",
-                "--seeds", "2", "--seed", "5", "--set", "n_envs=4", "gamma=0.97", check=0)
+                "--seeds", "2", "--seed", "5", "--set", "n_envs=4", "gamma=0.97",
+                "--search", "a2c.lr=2e-4..8e-4", "n_steps=8|16", "net.hidden=32,32|16", check=0)
     assert "2 new trial(s), 2 in all" in p.stdout, p.stdout
     for trial in ("trial-0000", "trial-0001"):
         assert {d.name for d in (tmp_path / "study" / trial).iterdir()} == {"s5", "s6"}
@@ -37,9 +38,16 @@ def test_tune_seeds_per_trial_and_fixed_keys(run_cli, tmp_path):
         assert len(t.user_attrs["finals"]) == 2 and t.value == pytest.approx(sum(t.user_attrs["finals"]) / 2)
         # the kept keys are not searched: the sampler never sees a value the run did not use
         assert "n_envs" not in t.params and "gamma" not in t.params and "lr" in t.params
+        # the narrowed keys are drawn from the given range and choices
+        assert 2e-4 <= t.params["lr"] <= 8e-4 and t.params["n_steps"] in (8, 16)
+        assert t.params["net.hidden"] in ("32,32", "16")
+        assert t.distributions["lr"].log  # the space's log scale is kept
     preset = yaml.safe_load((tmp_path / "study" / "best.yaml").read_text())
     assert preset["n_envs"] == 4 and preset["a2c"]["gamma"] == 0.97 and "norm_obs" in preset
     assert "eval_episodes" not in preset and "mean of 2 seeds" in (tmp_path / "study" / "best.yaml").read_text()
+    assert preset["net"]["hidden"] in ([32, 32], [16]) and preset["a2c"]["n_steps"] in (8, 16)
+    assert "# searched with --search a2c.lr=2e-4..8e-4 n_steps=8|16 net.hidden=32,32|16" in \
+        (tmp_path / "study" / "best.yaml").read_text()
     import csv
 
     rows = list(csv.DictReader(open(tmp_path / "study" / "trials.csv")))
@@ -225,3 +233,23 @@ def test_storage_failing_mid_study_is_one_error(tmp_path, monkeypatch):
     with pytest.raises(ContrlError, match=r"study's storage .*study\.db' failed \(OperationalError: "
                                           r"\(builtins\.Exception\) database or disk is full\).*free the disk"):
         tune("a2c", "CartPole-v1", trials=1, steps=256, out=tmp_path / "study", log=lambda line: None)
+
+
+@pytest.mark.parametrize("spec, words", [
+    (["a2c.optimizer=1..2"], ["optimizer", "takes choices", "not a range"]),
+    (["lr=0..1e-3"], ["log scale", "LOW must be > 0"]),
+    (["lr=1e-3..1e-4"], ["LOW < HIGH"]),
+    (["a2c.clip_range=0.1|0.2"], ["--search", "unknown config key"]),
+    (["ppo.clip_range=0.1|0.2"], ["--search", "belongs to the ppo update rule"]),
+    (["n_envs=4|8", "--set", "n_envs=4"], ["also fixed with --set"]),
+    (["net.log_std_init=-1|0"], ["not a key this search draws", "searched keys:"]),
+    (["lr"], ["--search expects key=value"]),
+])
+def test_tune_bad_search_is_one_line(run_cli, tmp_path, spec, words):
+    """A --search that cannot narrow the space (a range for a choice key, a bad range, a key the
+    space does not draw -- the log-std on discrete actions -- or one also fixed) is one line, exit 2,
+    before any trial runs."""
+    p = run_cli("tune", "a2c", "--env", "CartPole-v1", "--steps", "512", "--trials", "1", "--out", tmp_path / "s",
+                "--search", *spec, check=2)
+    assert all(w in p.stderr for w in words), p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and not (tmp_path / "s" / "study.db").exists()
