@@ -233,8 +233,7 @@ def sample(trial, algo: str, cfg, fixed: Optional[dict] = None, continuous: bool
 
     rule = ALGOS[algo].rule
     fixed = {".".join(filter(None, resolve_key(k, algo))): v for k, v in (fixed or {}).items()}
-    trial = _Kept(trial, {(k.split(".", 1)[1] if k.startswith(rule + ".") else k): v for k, v in fixed.items()},
-                  narrowed)
+    trial = _Kept(trial, {_space_name(k, algo): v for k, v in fixed.items()}, narrowed)
     run = {**_run(trial, cfg), **{k: v for k, v in fixed.items() if "." not in k}}
     envs = run["n_envs"] * (cfg.workers if cfg.runner in ("async", "ray") else 1)
     values = {**SPACES[rule](trial, cfg), **{k.split(".", 1)[1]: v for k, v in fixed.items() if k.startswith(rule + ".")}}
