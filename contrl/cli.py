@@ -97,7 +97,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
     if steps is not None and steps != a.steps:
         raise ContrlError(f"--steps must be a whole number, got {a.steps}")
     res = compare(a.env, a.algos, steps, a.seeds, a.jobs, a.out, a.env_kwargs, a.threshold, sets=a.set,
-                  preset=a.preset, log=lambda line: print(line, flush=True))
+                  preset=a.preset, max_failures=a.max_failures, log=lambda line: print(line, flush=True))
     print((Path(res["out"]) / "compare.md").read_text())
     return 0
 
@@ -218,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--preset", help="preset name or YAML file for every run (default: picked by env id)")
     c.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="config overrides for every run (e.g. --set a2c.lr=1e-3 n_envs=16)")
+    c.add_argument("--max-failures", type=int, metavar="K",
+                   help="once K runs of an algorithm end below the threshold, start no more of its runs "
+                        "(e.g. 2 for a 4-of-5 criterion); the same command without it runs them later")
     c.set_defaults(func=cmd_compare)
 
     tu = sub.add_parser("tune", help="Optuna search over an algorithm's hyper-parameters -> a preset")

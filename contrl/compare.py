@@ -7,6 +7,8 @@ run. Re-running the same command skips runs that are finished and resumes the ot
 interrupted run, or one with fewer steps than asked) from their latest checkpoint; a run folder
 trained with other settings is refused, not mixed in. Ctrl-C (or SIGTERM) stops compare and the
 runs under way, each saving a checkpoint, and launches nothing more; the same command goes on.
+``--max-failures K``: once K runs of an algorithm have ended below the threshold, its runs not
+yet started are left out (a row that cannot pass a k-of-n criterion stops spending compute).
 
 The tables (``compare.md``, ``compare.csv``; one row per run in ``runs.csv``) give per algorithm
 the final evaluation (mean and std over seeds; the seeds whose final evaluation reaches the
@@ -126,6 +128,14 @@ def _same_settings(run: Path, cfg) -> None:
                           f"{run}")
 
 
+def _ended_below(run: Path, steps: int, threshold: Optional[float]) -> bool:
+    """A finished run whose final evaluation is below the threshold."""
+    if threshold is None or _run_state(run, steps) != "done":
+        return False
+    s = json.loads((run / "summary.json").read_text())
+    return "final_eval" in s and s["final_eval"]["mean"] < threshold
+
+
 def _curve(run: Path) -> list[tuple[int, float, float, float]]:
     """(step, wall_s, cpu_s, eval_return) of each periodic evaluation."""
     with open(run / "progress.csv", newline="") as f:
@@ -145,11 +155,14 @@ def _first_reach(curve: list, threshold: Optional[float]):
 def compare(env: str, algos: str, steps: Optional[int] = None, seeds=3, jobs: int = 1,
             out: Optional[str | Path] = None, env_kwargs: Optional[list[str]] = None,
             threshold: Optional[float] = None, sets: Optional[list[str]] = None, preset: Optional[str] = None,
-            log: Callable[[str], None] = print) -> dict:
+            max_failures: Optional[int] = None, log: Callable[[str], None] = print) -> dict:
     """Run (or complete) every algorithm x seed, then write the tables and plots; returns the table rows.
 
     ``steps`` None: each algorithm's preset budget. ``seeds``: a count, or a range/list as
-    ``parse_seeds`` reads. ``sets`` (KEY=VALUE) and ``preset`` apply to every run."""
+    ``parse_seeds`` reads. ``sets`` (KEY=VALUE) and ``preset`` apply to every run.
+    ``max_failures``: once that many of an algorithm's runs have ended below the threshold, its
+    runs not yet started are left out (the row cannot pass a k-of-n criterion any more; the same
+    command without it runs them later)."""
     from contrl.config import build_config, parse_assignments
     from contrl.envs.make import make_env
 
@@ -157,6 +170,8 @@ def compare(env: str, algos: str, steps: Optional[int] = None, seeds=3, jobs: in
     seeds = parse_seeds(seeds)
     if (steps is not None and steps < 1) or jobs < 1:
         raise ContrlError(f"--steps and --jobs must be >= 1, got {steps}, {jobs}")
+    if max_failures is not None and max_failures < 1:
+        raise ContrlError(f"--max-failures must be >= 1, got {max_failures}")
     env_kwargs, sets = list(env_kwargs or []), list(sets or [])
     kwargs, overrides = parse_assignments(env_kwargs, "--env-kwargs"), parse_assignments(sets)
     # each algorithm's settings, checked before anything runs (a bad --set fails here, once)
@@ -168,10 +183,13 @@ def compare(env: str, algos: str, steps: Optional[int] = None, seeds=3, jobs: in
     if threshold is None and probe.spec is not None:
         threshold = probe.spec.reward_threshold
     probe.close()
+    if max_failures is not None and threshold is None:
+        raise ContrlError(f"--max-failures counts runs that end below the threshold, and {env} has none; "
+                          f"give --threshold")
     out = Path(out) if out is not None else Path("runs") / f"compare-{env.split('/')[-1].split(':')[-1]}"
     out.mkdir(parents=True, exist_ok=True)
 
-    jobs_list, skipped = [], 0
+    jobs_list, skipped, kinds = [], 0, {}
     for name, algo, net in specs:
         n, eval_every = budget[name], max(1, budget[name] // EVAL_POINTS)
         for seed in seeds:
@@ -183,6 +201,7 @@ def compare(env: str, algos: str, steps: Optional[int] = None, seeds=3, jobs: in
             if state == "done":
                 skipped += 1
                 continue
+            kinds[run] = name
             if state == "resume":
                 cmd = ["train", "--resume", str(run), "--steps", str(n)]
             else:
@@ -200,9 +219,18 @@ def compare(env: str, algos: str, steps: Optional[int] = None, seeds=3, jobs: in
         f"{sum(s == 'new' for _, s, _ in jobs_list)} to start, up to {jobs} at once")
 
     stopping, running, lock = threading.Event(), set(), threading.Lock()
+    below = {name: sum(_ended_below(out / f"{name}-s{seed}", budget[name], threshold) for seed in seeds)
+             for name, _, _ in specs}  # finished runs below the threshold, per algorithm
+    left_out: list[str] = []
 
     def launch(job) -> tuple[Path, Optional[int]]:
         run, state, cmd = job
+        with lock:
+            if max_failures is not None and below[kinds[run]] >= max_failures and not stopping.is_set():
+                left_out.append(run.name)
+                log(f"  {run.name}: not started ({below[kinds[run]]} run(s) of {kinds[run]} ended below "
+                    f"{threshold:g}; --max-failures {max_failures})")
+                return run, 0
         run.mkdir(parents=True, exist_ok=True)
         with open(out / f"{run.name}.log", "a") as f:
             with lock:
@@ -219,6 +247,10 @@ def compare(env: str, algos: str, steps: Optional[int] = None, seeds=3, jobs: in
         if stopped:  # from outside: launch no more
             stopping.set()
         what = "finished" if code == 0 else "stopped, checkpoint kept" if stopped else f"failed (exit {code})"
+        if max_failures is not None and code == 0 and _ended_below(run, budget[kinds[run]], threshold):
+            with lock:
+                below[kinds[run]] += 1
+            what += f", below {threshold:g}"
         log(f"  {run.name}: {what}{' (resumed)' if state == 'resume' else ''}")
         return run, code
 
@@ -273,6 +305,9 @@ def compare(env: str, algos: str, steps: Optional[int] = None, seeds=3, jobs: in
     _plot(out, env, specs, runs)
     log(f"tables: {out / 'compare.md'}, {out / 'compare.csv'}, {out / 'runs.csv'}; plots: "
         f"{out / 'return_vs_steps.png'}, {out / 'return_vs_wall.png'}")
+    if left_out:
+        log(f"left out by --max-failures {max_failures}: {', '.join(left_out)} (the same command without it "
+            f"runs them)")
     if failed:
         raise ContrlError(f"{len(failed)} run(s) failed ({', '.join(failed)}; see {out}/NAME.log); the tables "
                           f"cover the finished ones; run the same command again to retry them")

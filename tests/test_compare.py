@@ -138,3 +138,28 @@ def test_ctrl_c_stops_compare_and_the_same_command_goes_on(tmp_path):
     assert "1 to resume, 1 to start" in p.stdout and "a2c-s0: finished (resumed)" in p.stdout
     for seed in (0, 1):
         assert json.loads((out / f"a2c-s{seed}" / "summary.json").read_text())["steps"] >= 30000
+
+
+def test_max_failures_leaves_out_a_row_that_cannot_pass(tmp_path, run_cli):
+    """--max-failures 1 with a threshold no run reaches: the first run ends below it and the other
+    seeds are not started (said so, no error); the tables cover what finished, and the same command
+    without the flag runs the rest."""
+    out = tmp_path / "cmp"
+    args = ["compare", "--env", "CartPole-v1", "--algos", "a2c", "--steps", "512", "--threshold", "1000", "--out", out]
+    p = run_cli(*args, "--seeds", "3", "--max-failures", "1", check=0)
+    assert "a2c-s0: finished, below 1000" in p.stdout, p.stdout
+    assert "a2c-s1: not started (1 run(s) of a2c ended below 1000; --max-failures 1)" in p.stdout
+    assert "left out by --max-failures 1: a2c-s1, a2c-s2" in p.stdout
+    assert not (out / "a2c-s1").exists() and not (out / "a2c-s2").exists()
+    assert [r["seeds"] for r in csv.DictReader(open(out / "compare.csv"))] == ["1"]
+    p = run_cli(*args, "--seeds", "2", check=0)
+    assert "1 finished run(s) skipped, 0 to resume, 1 to start" in p.stdout, p.stdout
+    assert [r["seeds"] for r in csv.DictReader(open(out / "compare.csv"))] == ["2"]
+
+
+@pytest.mark.parametrize("extra, words", [(["--max-failures", "0"], "--max-failures must be >= 1"),
+                                          (["--env", "Pendulum-v1", "--max-failures", "2"], "give --threshold")])
+def test_max_failures_bad_input_one_line(run_cli, tmp_path, extra, words):
+    p = run_cli("compare", "--env", "CartPole-v1", "--algos", "a2c", "--steps", "512", "--out", tmp_path / "c",
+                *extra, check=2)
+    assert words in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
