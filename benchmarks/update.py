@@ -55,7 +55,7 @@ def matmul_gflops(batch: int, width: int = 256, repeat: int = 2000) -> float:
     return 2 * batch * width * width / best / 1e9
 
 
-def fill(rollout, model, act_space, rng: np.random.Generator) -> None:
+def fill(rollout, act_space, rng: np.random.Generator) -> None:
     """Random but valid experience: observations N(0, 1), actions in the space, about 1% episode ends."""
     import gymnasium as gym
 
@@ -88,7 +88,7 @@ def measure(algo: str, env: str, env_kwargs: dict, net: str | None, overrides: d
     rule = make_rule(cfg, model, n_envs)
     rule.set_progress(0.0)
     rollout = rule.new_rollout(n_envs)
-    fill(rollout, model, act_space, np.random.default_rng(0))
+    fill(rollout, act_space, np.random.default_rng(0))
     samples = rollout.T * rollout.N
     gen = torch.Generator().manual_seed(0)
     algo_cfg = cfg.algo_config()
