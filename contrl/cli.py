@@ -109,7 +109,7 @@ def cmd_tune(a: argparse.Namespace) -> int:
     res = tune(a.algo, a.env, a.trials, steps=int(a.steps) if a.steps else None, storage=a.storage, timeout=a.timeout,
                out=a.out, net=a.net, env_kwargs=parse_assignments(a.env_kwargs, "--env-kwargs"), seed=a.seed,
                seeds=a.seeds, fixed=parse_assignments(a.set), search=parse_assignments(a.search, "--search", raw=True),
-               log=lambda line: print(line, flush=True))
+               add=a.add_trials, log=lambda line: print(line, flush=True))
     print(f"best: {res['best_value']:.2f} (trial {res['best_trial']}); train with: contrl train {a.algo} "
           f"--preset {res['preset']}")
     return 0
@@ -226,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     tu = sub.add_parser("tune", help="Optuna search over an algorithm's hyper-parameters -> a preset")
     tu.add_argument("algo", help="ppo | a2c | a3c | acer")
     tu.add_argument("--env", required=True, help="Gymnasium id or package.module:ClassName")
-    tu.add_argument("--trials", type=int, required=True, help="trials to run in this call")
+    tu.add_argument("--trials", type=int, required=True, help="trials to run in this call (0: only add trials "
+                                                               "and write the outputs)")
     tu.add_argument("--steps", type=float, help="env steps per trial (default: the preset's)")
     tu.add_argument("--storage", help="Optuna storage, e.g. sqlite:///study.db (default OUT/study.db)")
     tu.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
@@ -241,6 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--search", nargs="+", action="extend", default=[], metavar="KEY=LOW..HIGH|A|B",
                     help="search a key over your range or choices instead of the built-in ones "
                          "(e.g. --search a2c.lr=1e-4..1e-3 n_steps='5|16|32' net.hidden='256,256|64,64')")
+    tu.add_argument("--add-trials", nargs="+", action="extend", default=[], metavar="CSV",
+                    help="add the completed and pruned trials of a study's trials.csv (e.g. one committed from "
+                         "another machine) to this study first; rows whose values this search cannot draw are "
+                         "left out")
     tu.set_defaults(func=cmd_tune)
 
     d = sub.add_parser("doctor", help="check the installation: torch, Box2D, MuJoCo, rendering, video")

@@ -18,12 +18,16 @@ The study lives in ``--storage`` (default ``sqlite:///OUT/study.db``), so callin
 command again continues it with more trials. After each call the best trial so far is written
 as a preset, ``OUT/best.yaml`` (``contrl train ALGO --preset OUT/best.yaml``), with a plot of the
 study, ``OUT/study.png`` (every trial's value, pruned ones marked, and the best so far), and
-every trial's values and result, ``OUT/trials.csv``.
+every trial's values and result, ``OUT/trials.csv``. That record can seed another study
+(``--add-trials OUT/trials.csv``: a search continued on another machine, from its committed
+record): its completed and pruned trials join the study as if run there, so the sampler learns
+from them (they bring no learning curves, so the pruner compares new trials with new ones only).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -157,6 +161,140 @@ class _Recorder:
         return low
 
 
+class _Misfit(Exception):
+    """A recorded trial whose values this search could not have drawn."""
+
+
+def _same(a, b) -> bool:
+    """A recorded value equals a choice or a kept value (bools only equal bools; numbers by value)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+class _Replay:
+    """A stand-in trial that answers each suggestion with a recorded trial's value (``row``: space
+    name -> value) and notes the parameters and distributions Optuna needs to hold that trial as
+    one of its own. A value the suggestion could not have drawn raises :class:`_Misfit`."""
+
+    def __init__(self, optuna, row: dict):
+        self.optuna, self.row = optuna, row
+        self.params: dict = {}
+        self.distributions: dict = {}
+
+    def _value(self, name: str):
+        if name not in self.row:
+            raise _Misfit(f"it has no value for {name}, which this search draws")
+        return self.row[name]
+
+    def suggest_categorical(self, name, choices):
+        v = self._value(name)
+        if name == "net.hidden" and isinstance(v, (list, tuple)):
+            v = ",".join(str(h) for h in v)
+        match = [c for c in choices if _same(c, v)]
+        if not match:
+            raise _Misfit(f"{name}={v} is not among this search's choices {'|'.join(map(str, choices))}")
+        self.params[name] = match[0]
+        self.distributions[name] = self.optuna.distributions.CategoricalDistribution(list(choices))
+        return match[0]
+
+    def _range(self, name, low, high, kind, log):
+        v = self._value(name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not low * (1 - 1e-9) <= v <= high * (1 + 1e-9):
+            raise _Misfit(f"{name}={v} is outside this search's range {low}..{high}")
+        v = min(max(v, low), high)
+        if kind == "int":
+            v = int(v)
+            dist = self.optuna.distributions.IntDistribution(low, high, log=log)
+        else:
+            v = float(v)
+            dist = self.optuna.distributions.FloatDistribution(low, high, log=log)
+        self.params[name], self.distributions[name] = v, dist
+        return v
+
+    def suggest_float(self, name, low, high, **kwargs):
+        return self._range(name, low, high, "float", kwargs.get("log", False))
+
+    def suggest_int(self, name, low, high, **kwargs):
+        return self._range(name, low, high, "int", kwargs.get("log", False))
+
+
+def add_trials(optuna, study, path: Path, algo: str, base, fixed: Optional[dict], continuous: bool,
+               narrowed: dict, seeds: int) -> tuple[int, list[str]]:
+    """Add the completed and pruned trials of a ``trials.csv`` record (this command's own output,
+    from an earlier study or another machine) to ``study``, as Optuna trials of this search: their
+    values and the parameters this search draws (checked against its ranges and choices, --set and
+    --search included) must fit, or the row is left out with the reason; a record of another budget
+    (--steps) or another number of seeds per trial is refused whole. A row already added (the file name and its trial number, kept in the
+    trial) is not added twice. Returns (trials added, reasons for the rows left out)."""
+    import csv
+
+    from contrl.config import parse_scalar, resolve_key
+
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as e:
+        raise ContrlError(f"--add-trials: cannot read '{path}' ({e.strerror}); give the trials.csv of a study") from None
+    meta = ("trial", "state", "value", "finals", "last_step", "from")
+    if not rows or not {"trial", "state", "value"} <= set(rows[0]):
+        raise ContrlError(f"--add-trials: '{path}' is not a contrl tune trials.csv (it needs the columns trial, "
+                          f"state, value and one per key)")
+    names: dict = {}  # column -> space name
+    for col in rows[0]:
+        if col not in meta:
+            try:
+                names[col] = _space_name(col, algo)
+            except ContrlError as e:
+                raise ContrlError(f"--add-trials: '{path}' column {col}: {e}") from None
+    done = [r for r in rows if r["state"] == "COMPLETE" and r.get("last_step")]
+    if done:  # the record's budget and seeds per trial: those of its completed trials
+        last = max(int(float(r["last_step"])) for r in done)
+        if not base.steps * 0.95 <= last <= base.steps * 1.1:
+            raise ContrlError(f"--add-trials: the trials in '{path}' trained {last:,} steps; this search trains "
+                              f"{base.steps:,}: give the same --steps")
+        n = max(len((r.get("finals") or "").split()) for r in done)
+        if max(n, 1) != seeds:
+            raise ContrlError(f"--add-trials: the trials in '{path}' ran {max(n, 1)} seed(s) each; this search runs "
+                              f"{seeds}: give the same --seeds")
+    kept = {".".join(filter(None, resolve_key(k, algo))): v for k, v in (fixed or {}).items()}
+    tag = Path(path).name
+    seen = {t.user_attrs.get("added_from") for t in study.get_trials(deepcopy=False)}
+    added, left = 0, []
+    for row in rows:
+        number, state = row["trial"], row["state"]
+        if state not in ("COMPLETE", "PRUNED") or row["value"] in ("", None):
+            continue  # failed, interrupted or running: nothing to learn from
+        if f"{tag}#{number}" in seen:
+            continue
+        values = {col: parse_scalar(row[col]) for col in names if row.get(col) not in ("", None)}
+        try:
+            for key, v in kept.items():
+                if key in values and not _same(values[key], v):
+                    raise _Misfit(f"it ran with {key}={values[key]}, which this search keeps at {v} (--set)")
+            replay = _Replay(optuna, {names[c]: v for c, v in values.items()})
+            sample(replay, algo, base, fixed, continuous, narrowed)
+        except _Misfit as e:
+            left.append(f"trial {number}: {e}")
+            continue
+        value = float(row["value"])
+        last = int(float(row["last_step"])) if row.get("last_step") else 0
+        attrs = {"overrides": json.dumps(values), "added_from": f"{tag}#{number}", "last_step": last}
+        if state == "COMPLETE":
+            attrs["finals"] = [float(x) for x in (row.get("finals") or "").split()] or [value]
+        trial = optuna.trial.create_trial(
+            state=getattr(optuna.trial.TrialState, state), value=value if state == "COMPLETE" else None,
+            params=replay.params, distributions=replay.distributions, user_attrs=attrs,
+            intermediate_values={} if state == "COMPLETE" else {last: value})
+        study.add_trial(trial)
+        added += 1
+    return added, left
+
+
 def _space_name(key: str, algo: str) -> str:
     """A --set/--search key as the search spaces name it: the rule's keys bare, others as written."""
     from contrl.config import resolve_key
@@ -255,11 +393,12 @@ def sample(trial, algo: str, cfg, fixed: Optional[dict] = None, continuous: bool
 def tune(algo: str, env: str, trials: int, steps: Optional[int] = None, storage: Optional[str] = None,
          timeout: Optional[float] = None, out: Optional[str | Path] = None, net: Optional[str] = None,
          env_kwargs: Optional[dict] = None, seed: int = 0, seeds: int = 1, fixed: Optional[dict] = None,
-         search: Optional[dict] = None, log: Callable[[str], None] = print) -> dict:
+         search: Optional[dict] = None, add: Optional[list] = None, log: Callable[[str], None] = print) -> dict:
     """``seeds``: runs per trial (seeds seed..seed+seeds-1; the trial's value is the mean of their
     final evaluations, pruning watches the first); ``fixed``: overrides that every trial keeps;
     ``search``: keys searched over the user's range or choices instead of the space's own
-    ({'a2c.lr': '1e-4..1e-3', 'n_steps': '5|16|32'}, as ``--search`` gives them)."""
+    ({'a2c.lr': '1e-4..1e-3', 'n_steps': '5|16|32'}, as ``--search`` gives them); ``add``:
+    trials.csv records whose trials join the study before new ones run (``add_trials``)."""
     try:
         import optuna
     except ImportError:
@@ -267,8 +406,8 @@ def tune(algo: str, env: str, trials: int, steps: Optional[int] = None, storage:
     from sqlalchemy.exc import SQLAlchemyError  # Optuna's storage raises these unwrapped (Optuna requires SQLAlchemy)
     if algo not in ALGOS:
         raise ContrlError(f"unknown algorithm '{algo}'; available: {', '.join(ALGOS)}")
-    if trials < 1 or seeds < 1:
-        raise ContrlError(f"--trials and --seeds must be >= 1, got {trials}, {seeds}")
+    if trials < 0 or seeds < 1:
+        raise ContrlError(f"--trials must be >= 0 and --seeds >= 1, got {trials}, {seeds}")
     # bad input (and a bad --set) fails here
     base = build_config(algo, env, steps=steps, seed=seed, env_kwargs=env_kwargs, net=net, overrides=fixed)
     import gymnasium as gym
@@ -293,6 +432,16 @@ def tune(algo: str, env: str, trials: int, steps: Optional[int] = None, storage:
     except (ValueError, ImportError, optuna.exceptions.OptunaError, SQLAlchemyError) as e:
         raise ContrlError(f"cannot open the study in '{storage}' ({_one_line(e)}); give --storage "
                           f"sqlite:///FILE.db") from None
+    for path in add or []:
+        try:
+            n, left = add_trials(optuna, study, Path(path), algo, base, fixed, continuous, narrowed, seeds)
+        except SQLAlchemyError as e:
+            raise ContrlError(f"the study's storage '{storage}' failed ({_one_line(e)})") from None
+        if left and not n:
+            raise ContrlError(f"--add-trials: no trial of '{path}' fits this search ({left[0]}); give the --set and "
+                              f"--search the record was made with")
+        log(f"added {n} trial(s) from {path}" + (f"; {len(left)} left out ({left[0]}"
+                                                  f"{'; ...' if len(left) > 1 else ''})" if left else ""))
     from contrl.api import train
     from contrl.errors import Interrupted
 
@@ -371,15 +520,17 @@ def _trials_csv(study, path: Path) -> None:
     import csv
 
     keys = sorted({k for t in study.trials for k in json.loads(t.user_attrs.get("overrides", "{}"))})
+    added = any("added_from" in t.user_attrs for t in study.trials)  # a "from" column: the record's file#trial
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["trial", "state", "value", "finals", "last_step", *keys])
+        w.writerow(["trial", "state", "value", "finals", "last_step", *(["from"] if added else []), *keys])
         for t in study.trials:
             values = json.loads(t.user_attrs.get("overrides", "{}"))
-            last = max(t.intermediate_values) if t.intermediate_values else ""
+            last = max(t.intermediate_values) if t.intermediate_values else t.user_attrs.get("last_step", "")
             value = t.value if t.value is not None else t.intermediate_values.get(last, "") if last != "" else ""
             finals = " ".join(f"{x:.1f}" for x in t.user_attrs.get("finals", []))
-            w.writerow([t.number, t.state.name, value, finals, last, *[values.get(k, "") for k in keys]])
+            w.writerow([t.number, t.state.name, value, finals, last,
+                        *([t.user_attrs.get("added_from", "")] if added else []), *[values.get(k, "") for k in keys]])
 
 
 def _one_line(e: Exception) -> str:

@@ -253,3 +253,50 @@ def test_tune_bad_search_is_one_line(run_cli, tmp_path, spec, words):
                 "--search", *spec, check=2)
     assert all(w in p.stderr for w in words), p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and not (tmp_path / "s" / "study.db").exists()
+
+
+def test_a_studys_record_seeds_another_study(run_cli, tmp_path):
+    """--add-trials: the trials.csv of one study (another machine's, committed) joins a new study:
+    the same values and parameters, so the sampler and best.yaml see them; added once only; a
+    row this search cannot draw is left out with its reason; a record of another budget is refused."""
+    import csv
+
+    import optuna
+
+    common = ("tune", "a2c", "--env", "CartPole-v1", "--steps", "1024", "--set", "n_envs=4",
+              "--search", "a2c.lr=2e-4..8e-4", "n_steps=8|16")
+    run_cli(*common, "--out", tmp_path / "a", "--trials", "2", check=0)
+    record = tmp_path / "a" / "trials.csv"
+    p = run_cli(*common, "--out", tmp_path / "b", "--trials", "1", "--add-trials", record, check=0)
+    assert "added 2 trial(s) from" in p.stdout and "1 new trial(s), 3 in all" in p.stdout, p.stdout
+    load = lambda d: optuna.load_study(study_name="a2c-CartPole-v1", storage=f"sqlite:///{tmp_path / d / 'study.db'}")
+    a, b = load("a").trials, load("b").trials
+    for ta, tb in zip(a, b[:2]):
+        assert tb.value == ta.value and tb.params == ta.params and tb.distributions == ta.distributions
+        assert tb.user_attrs["added_from"] == f"trials.csv#{ta.number}"
+    assert b[2].params.keys() == a[0].params.keys() and "added_from" not in b[2].user_attrs
+    rows = list(csv.DictReader(open(tmp_path / "b" / "trials.csv")))
+    assert [r["from"] for r in rows] == ["trials.csv#0", "trials.csv#1", ""]
+    # again: nothing added twice (--trials 0 only writes the outputs)
+    p = run_cli(*common, "--out", tmp_path / "b", "--trials", "0", "--add-trials", record, check=0)
+    assert "added 0 trial(s)" in p.stdout and "0 new trial(s), 3 in all" in p.stdout, p.stdout
+    # a row outside this search's range is left out, with the reason
+    rows = list(csv.DictReader(open(record)))
+    rows[0]["a2c.lr"] = "0.01"
+    edited = tmp_path / "edited.csv"
+    with open(edited, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    p = run_cli(*common, "--out", tmp_path / "c", "--trials", "0", "--add-trials", edited, check=0)
+    assert "added 1 trial(s)" in p.stdout and "1 left out (trial 0: lr=0.01 is outside" in p.stdout, p.stdout
+    # kept with --set at another value: no row fits -> one line, exit 2
+    p = run_cli(*common[:6], "--set", "n_envs=8", "--out", tmp_path / "d", "--trials", "0", "--add-trials", record,
+                check=2)
+    assert "no trial of" in p.stderr and "n_envs=4, which this search keeps at 8" in p.stderr, p.stderr
+    # another budget: refused whole
+    p = run_cli(*common[:5], "4096", *common[6:], "--out", tmp_path / "e", "--trials", "0", "--add-trials", record,
+                check=2)
+    assert "trained 1,024 steps; this search trains 4,096" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    p = run_cli(*common, "--out", tmp_path / "f", "--trials", "0", "--add-trials", tmp_path / "nope.csv", check=2)
+    assert "cannot read" in p.stderr and len(p.stderr.strip().splitlines()) == 1
