@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
+import numpy as np
 import torch
 
 
@@ -31,18 +32,24 @@ def compute_gae(
     bootstraps from the value of the state it reached while a terminated one does not.
     ``last_values`` is V(s_T) for the observation after the rollout.
     Returns (advantages, returns = advantages + values).
+
+    The backward recursion runs on numpy views of the tensors: the same float32 operations in the
+    same order as torch's (bit-identical results), at a sixth of the per-step cost of T small
+    torch ops (issue 17: 48 -> 7 ms for T = 512).
     """
-    T = rewards.shape[0]
-    adv = torch.zeros_like(rewards)
-    last = torch.zeros_like(last_values)
-    next_values = last_values
-    for t in range(T - 1, -1, -1):
-        not_done = 1.0 - dones[t]
-        delta = rewards[t] + gamma * (next_values * not_done + trunc_values[t]) - values[t]
-        last = delta + gamma * lam * not_done * last
+    r, v, d, tv = (x.detach().numpy() for x in (rewards, values, dones, trunc_values))
+    adv = np.empty_like(r)
+    last = np.zeros_like(v[0])
+    next_values = last_values.detach().numpy()
+    gl = gamma * lam
+    for t in range(r.shape[0] - 1, -1, -1):
+        not_done = 1.0 - d[t]
+        delta = r[t] + gamma * (next_values * not_done + tv[t]) - v[t]
+        last = delta + gl * not_done * last
         adv[t] = last
-        next_values = values[t]
-    return adv, adv + values
+        next_values = v[t]
+    advantages = torch.from_numpy(adv)
+    return advantages, advantages + values
 
 
 @dataclass
