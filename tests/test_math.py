@@ -84,3 +84,19 @@ def test_running_mean_std_matches_numpy():
     for chunk in np.array_split(data, 7):
         rms.update(chunk)
     assert np.allclose(rms.mean, data.mean(0)) and np.allclose(rms.var, data.var(0))
+
+
+def test_running_mean_std_one_row_at_a_time():
+    """One env's rows one at a time (the fast path of a single row): the same statistics as the
+    batch, and bit-identical to merging numpy's own mean and variance of each row."""
+    data = np.random.default_rng(1).normal(-2.0, 5.0, (500, 3))
+    rms, ref = RunningMeanStd((3,)), RunningMeanStd((3,))
+    for row in data:
+        rms.update(row[None])
+        ref.merge(row[None].mean(axis=0), row[None].var(axis=0), 1)
+    assert np.array_equal(rms.mean, ref.mean) and np.array_equal(rms.var, ref.var) and rms.count == ref.count
+    assert np.allclose(rms.mean, data.mean(0)) and np.allclose(rms.var, data.var(0), rtol=1e-3)
+    scalar = RunningMeanStd(())
+    for x in data[:50, 0]:
+        scalar.update(np.array([x]))
+    assert np.isclose(scalar.mean, data[:50, 0].mean()) and scalar.var.shape == ()

@@ -18,6 +18,10 @@ class RunningMeanStd:
 
     def update(self, x: np.ndarray) -> None:
         x = np.asarray(x, np.float64)
+        if x.shape[0] == 1:  # one env: its row is the mean and the variance is 0, exactly (numpy's
+            # reductions of one row cost more than the rest of the update)
+            self.merge(x[0], np.zeros_like(x[0]), 1)
+            return
         self.merge(x.mean(axis=0), x.var(axis=0), x.shape[0])
 
     def merge(self, b_mean: np.ndarray, b_var: np.ndarray, b_count: float) -> None:
