@@ -7,8 +7,8 @@ The search covers the rule's keys, the run's ``n_envs``, ``norm_obs`` and ``norm
 log-std; ``--set`` fixes keys for every trial instead, and ``--search KEY=LOW..HIGH`` or
 ``KEY=A|B|C`` narrows a searched key to the user's range or choices. After every periodic
 evaluation the trial reports its return, and Optuna's median pruner stops trials that fall
-below the median of earlier ones at the same step (not before a quarter of the budget, nor in
-the first 5 trials: early evaluations of a task like LunarLander say little about where a run
+below the median of earlier ones at the same step (not before a quarter of the budget, nor
+before 5 completed trials have reported there: early evaluations of a task like LunarLander say little about where a run
 ends). A trial's value is its final evaluation (mean over 10 deterministic episodes); with
 ``--seeds K`` a trial trains K seeds and its value is the mean of their final evaluations
 (pruning watches the first), so a lucky seed does not win the study. An interrupted call
@@ -21,7 +21,8 @@ study, ``OUT/study.png`` (every trial's value, pruned ones marked, and the best 
 every trial's values and result, ``OUT/trials.csv``. That record can seed another study
 (``--add-trials OUT/trials.csv``: a search continued on another machine, from its committed
 record): its completed and pruned trials join the study as if run there, so the sampler learns
-from them (they bring no learning curves, so the pruner compares new trials with new ones only).
+from them (they bring no learning curves: the pruner compares a trial with the curves of the
+completed trials run in this study, once there are 5 of them).
 """
 
 from __future__ import annotations
@@ -427,7 +428,7 @@ def tune(algo: str, env: str, trials: int, steps: Optional[int] = None, storage:
         rdb = _storage(optuna, storage)
         study = optuna.create_study(study_name=study_name, storage=rdb, load_if_exists=True, direction="maximize",
                                     sampler=optuna.samplers.TPESampler(seed=seed + len(_done(optuna, rdb, study_name))),
-                                    pruner=optuna.pruners.MedianPruner(n_startup_trials=5,
+                                    pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_min_trials=5,
                                                                        n_warmup_steps=base.steps // 4))
     except (ValueError, ImportError, optuna.exceptions.OptunaError, SQLAlchemyError) as e:
         raise ContrlError(f"cannot open the study in '{storage}' ({_one_line(e)}); give --storage "
