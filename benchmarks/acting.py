@@ -9,8 +9,8 @@ top; the in-process vector env of ``n_envs`` envs, the agent with its observatio
 reward scaler) and times ``collect`` -- the acting loop every runner uses -- over ``--rollouts``
 rollouts, in one torch thread. Next to it, the two costs a step cannot avoid, measured the same
 way: the envs' own ``step`` (``gymnasium.make(ENV)`` as the user gets it, random actions, resets
-at episode ends; n_envs of them) and one forward of the network on the n_envs observations (in
-inference mode). Prints microseconds per loop iteration (one step of every env) for each, and
+at episode ends; n_envs of them) and one forward of the network on the n_envs observations as
+the loop runs it (an MLP's numpy forward; a recurrent network's torch forward in inference mode). Prints microseconds per loop iteration (one step of every env) for each, and
 the ratio loop / (env steps + forward) (issue 17's goal: <= 1.5 at n_envs 1..4).
 """
 
@@ -51,7 +51,19 @@ def env_step_us(env_id: str, env_kwargs: dict, n: int, steps: int, seed: int = 0
 
 
 def forward_us(model, obs: torch.Tensor, state: torch.Tensor, repeat: int = 2000) -> float:
-    """Microseconds per forward of ``model`` on ``obs`` (``[n, obs_dim]``), inference mode."""
+    """Microseconds per forward of ``model`` on ``obs`` (``[n, obs_dim]``) as the acting loop runs it:
+    an MLP's numpy forward (``numpy_forward``), else torch's in inference mode."""
+    if hasattr(model, "numpy_forward"):
+        fast, x = model.numpy_forward(), obs.numpy()
+        for _ in range(100):
+            fast(x)
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for _ in range(repeat):
+                fast(x)
+            best = min(best, (time.perf_counter() - t0) / repeat)
+        return best * 1e6
     with torch.inference_mode():
         for _ in range(100):
             model.step(obs, state)

@@ -51,9 +51,10 @@ class Agent:
             obs = self.obs_norm(obs, update=update_stats)
         return torch.from_numpy(obs)
 
-    def to_env(self, actions: torch.Tensor) -> np.ndarray:
-        """Env-ready actions: ints for Discrete, clipped to the bounds for Box."""
-        a = actions.numpy()
+    def to_env(self, actions) -> np.ndarray:
+        """Env-ready actions (from a tensor or a numpy array): ints for Discrete, clipped to the
+        bounds for Box."""
+        a = actions.numpy() if isinstance(actions, torch.Tensor) else actions
         if self.discrete:
             return a.astype(np.int64)
         return np.clip(a, self._low, self._high)

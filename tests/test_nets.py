@@ -25,3 +25,48 @@ def test_shared_torso_gaussian_head():
     mean, v = g(torch.zeros(4, 3))
     assert mean.shape == (4, 2) and v.shape == (4,)
     assert torch.equal(g.log_std.data, torch.full((2,), -1.0))
+
+
+import pytest  # noqa: E402
+
+from contrl.nets.distributions import NumpySampler  # noqa: E402
+
+
+@pytest.mark.parametrize("space, shared, activation", [
+    (gym.spaces.Box(-1, 1, (6,)), False, "relu"), (gym.spaces.Box(-2, 2, (1,)), True, "tanh"),
+    (gym.spaces.Discrete(4), False, "tanh"), (gym.spaces.Discrete(2), True, "relu")])
+def test_numpy_acting_matches_torch(space, shared, activation):
+    """The acting loop's numpy forward and sampling: the torch path's distribution parameters,
+    values, actions and log-probs to float32 rounding, drawing the same noise from the generator
+    (the same discrete actions), and it sees in-place weight updates."""
+    torch.manual_seed(0)
+    net = ActorCritic(17, space, NetConfig(hidden=[64, 64], activation=activation, shared=shared))
+    if not net.discrete:
+        with torch.no_grad():
+            net.log_std.fill_(-0.7)
+    fast = net.numpy_forward()
+    for n in (1, 4, 16):
+        obs = torch.randn(n, 17)
+        with torch.inference_mode():
+            pi_t, v_t = net(obs)
+            dist = net.dist(pi_t)
+            a_t = dist.sample(torch.Generator().manual_seed(n))
+            logp_t = dist.log_prob(a_t)
+        pi_n, v_n = fast(obs.numpy())
+        assert pi_n.dtype == np.float32 and v_n.shape == (n,)
+        np.testing.assert_allclose(pi_n, pi_t.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(v_n, v_t.numpy(), rtol=1e-5, atol=1e-6)
+        log_std = None if net.discrete else net.log_std.detach().numpy()
+        a_n, logp_n = NumpySampler(log_std)(pi_n, torch.Generator().manual_seed(n))
+        if net.discrete:
+            assert np.array_equal(a_n, a_t.numpy())
+        else:
+            np.testing.assert_allclose(a_n, a_t.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(logp_n, logp_t.numpy(), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # an optimiser's in-place step is seen by the views
+        for p in net.parameters():
+            p.mul_(0.5)
+        pi_t, v_t = net(obs)
+    pi_n, v_n = fast(obs.numpy())
+    np.testing.assert_allclose(pi_n, pi_t.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(v_n, v_t.numpy(), rtol=1e-5, atol=1e-6)

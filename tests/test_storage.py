@@ -196,3 +196,43 @@ def test_segment_forward_with_an_lstm_equals_acting(env, env_kwargs, net):
     if env == "Pendulum-v1":
         assert trunc.sum() >= 2
     assert torch.allclose(v_final[trunc], rollout.trunc_values[trunc], **tol)
+
+
+@pytest.mark.parametrize("env,env_kwargs", [("CartPole-v1", {}), ("Pendulum-v1", {"max_episode_steps": 23})])
+def test_numpy_acting_fills_the_rollout_as_torch_acting(env, env_kwargs, monkeypatch):
+    """collect() with an MLP acts through numpy: the rollout it fills (obs, actions, log-probs,
+    values, rewards, dones, truncation values, last values) equals the torch path's, to float32
+    rounding, with the same generator -- the same discrete actions, so the same episodes."""
+    from contrl.envs.normalize import ObsNormalizer, RewardScaler
+    from contrl.nets.actor_critic import ActorCritic
+
+    cfg = build_config("ppo", env, env_kwargs=env_kwargs, overrides={"n_envs": 3, "n_steps": 64, "batch_size": 64})
+
+    def run():
+        torch.manual_seed(0)
+        venv = VecEnv(cfg.env, cfg.env_kwargs, [0, 1, 2])
+        model = build_model(cfg, venv.observation_space, venv.action_space)
+        agent = Agent(cfg, model, venv.observation_space, venv.action_space, ObsNormalizer(venv.obs_dim, 10.0))
+        rollout = make_rule(cfg, model, 3).new_rollout(3)
+        gen, scaler = torch.Generator().manual_seed(0), RewardScaler(3, 0.99)
+        for _ in range(2):
+            collect(agent, venv, rollout, gen, scaler)
+        venv.close()
+        return rollout
+
+    import contrl.runners.collect as acting
+
+    calls = []
+    real = acting.NumpySampler.__call__
+    monkeypatch.setattr(acting.NumpySampler, "__call__", lambda *a: calls.append(1) or real(*a))
+    fast = run()
+    assert len(calls) == 128  # every step acted through numpy
+    monkeypatch.delattr(ActorCritic, "numpy_forward")
+    slow = run()
+    assert fast.dones.sum() >= 2
+    for name in ("obs", "actions", "logp", "values", "rewards", "dones", "trunc_values", "last_values"):
+        assert torch.allclose(getattr(fast, name), getattr(slow, name), atol=1e-4, rtol=1e-4), name
+    if env == "CartPole-v1":
+        assert torch.equal(fast.actions, slow.actions)
+    else:
+        assert fast.trunc_values.abs().sum() > 0

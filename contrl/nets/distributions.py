@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -88,3 +89,29 @@ class DiagGaussian:
         mean, log_std = params.chunk(2, -1)
         return DiagGaussian(mean, log_std)
 
+
+
+
+class NumpySampler:
+    """What ``dist(pi_out).sample(generator)`` and ``log_prob`` of it give, on numpy distribution
+    parameters (the acting loop's numpy forward): ``sampler(pi_out, generator) -> (actions,
+    log-probs)``. Categorical when ``log_std`` is None (Gumbel-max), else the diagonal Gaussian
+    with that log-std (its exponentials taken once, here: build one per rollout). The noise is
+    drawn from the generator by the same torch calls as the torch path, so a run's random stream
+    is the same either way; the results equal the torch path's to float32 rounding (tested)."""
+
+    def __init__(self, log_std: np.ndarray | None):
+        self.log_std = log_std
+        if log_std is not None:
+            self.std, self.inv_std = np.exp(log_std), np.exp(-log_std)
+
+    def __call__(self, pi_out: np.ndarray, generator: torch.Generator | None) -> tuple[np.ndarray, np.ndarray]:
+        if self.log_std is None:
+            m = pi_out.max(-1, keepdims=True)
+            logits = pi_out - (m + np.log(np.exp(pi_out - m).sum(-1, keepdims=True)))  # normalised log-probs
+            u = torch.rand(logits.shape, generator=generator).clamp_(1e-20, 1.0).numpy()
+            actions = (logits - np.log(-np.log(u))).argmax(-1)
+            return actions, np.take_along_axis(logits, actions[..., None], -1)[..., 0]
+        actions = pi_out + torch.randn(pi_out.shape, generator=generator).numpy() * self.std
+        z = (actions - pi_out) * self.inv_std
+        return actions, (-0.5 * z * z - self.log_std - 0.5 * _LOG_2PI).sum(-1)

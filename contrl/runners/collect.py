@@ -1,8 +1,9 @@
 """Gathering experience: ``collect`` (the acting loop every envs backend uses) and ``Worker``
 (a copy of the learner away from it: a Hogwild worker process, a Ray actor).
 
-Per step: normalise the N observations, one batched forward in inference mode, sample from the
-run's generator, step the vector env with env-ready actions, and write obs, action, log-prob,
+Per step: normalise the N observations, one batched forward in inference mode (an MLP's in numpy,
+``numpy_forward``: the same layers without torch's per-operation cost), sample from the run's
+generator, step the vector env with env-ready actions, and write obs, action, log-prob,
 value, (optionally scaled) reward and done into the preallocated rollout. A rollout for replay
 (ACER's) keeps the raw observations and rewards instead: the rule normalises them with the
 statistics in force when it learns from them (``ReplayInputs``). Where an env was
@@ -28,6 +29,7 @@ from contrl.algos import make_rule
 from contrl.envs.normalize import ReplayInputs, RewardScaler
 from contrl.envs.vec import StepResult, VecEnv
 from contrl.errors import Fault, NonFinite
+from contrl.nets.distributions import NumpySampler
 from contrl.storage.rollout import Rollout
 
 
@@ -49,6 +51,12 @@ def collect(agent, venv: VecEnv, rollout: Rollout, generator: torch.Generator,
     skip = agent.config.nan_policy == "skip_update"
     raw = rollout.mu is not None  # ACER: raw observations and rewards, for replay
     rewards_np, dones_np = rollout.rewards.numpy(), rollout.dones.numpy()  # views: cheap writes
+    # an MLP acts through numpy (the same layers and noise, a third of torch's per-step cost);
+    # ACER's rollouts keep the behaviour policy from the torch distribution
+    fast = model.numpy_forward() if hasattr(model, "numpy_forward") and rollout.mu is None else None
+    if fast is not None:
+        sample = NumpySampler(None if model.discrete else model.log_std.detach().numpy())
+        actions_np, logp_np, values_np = rollout.actions.numpy(), rollout.logp.numpy(), rollout.values.numpy()
     rollout.trunc_values.zero_()
     rollout.nonfinite = ""
     episodes: list = []
@@ -57,15 +65,20 @@ def collect(agent, venv: VecEnv, rollout: Rollout, generator: torch.Generator,
         _nonfinite(rollout, venv, -1, [("observation", obs)], skip)
     for t in range(rollout.T):
         obs_t = agent.preprocess(obs, update_stats=update_stats)
-        with torch.inference_mode():
-            if recurrent:
-                rollout.states[t] = h
-            pi_out, value, h_next = model.step(obs_t, h)
-            dist = model.dist(pi_out)
-            action = dist.sample(generator)
-            logp = dist.log_prob(action)
-            if rollout.mu is not None:  # ACER's replay: the behaviour policy
-                rollout.mu[t] = dist.params()
+        if fast is not None:
+            pi_out, value = fast(obs_t.numpy())
+            action, logp = sample(pi_out, generator)
+            h_next = h
+        else:
+            with torch.inference_mode():
+                if recurrent:
+                    rollout.states[t] = h
+                pi_out, value, h_next = model.step(obs_t, h)
+                dist = model.dist(pi_out)
+                action = dist.sample(generator)
+                logp = dist.log_prob(action)
+                if rollout.mu is not None:  # ACER's replay: the behaviour policy
+                    rollout.mu[t] = dist.params()
         try:
             res = venv.step(agent.to_env(action))
         except Fault as e:
@@ -82,9 +95,12 @@ def collect(agent, venv: VecEnv, rollout: Rollout, generator: torch.Generator,
         if raw:  # replay normalises and scales when it learns (ReplayInputs)
             obs_t, rewards = torch.from_numpy(np.asarray(obs, np.float32).reshape(venv.n, -1)), res.rewards
         rollout.obs[t] = obs_t
-        rollout.actions[t] = action
-        rollout.logp[t] = logp
-        rollout.values[t] = value
+        if fast is not None:
+            actions_np[t], logp_np[t], values_np[t] = action, logp, value
+        else:
+            rollout.actions[t] = action
+            rollout.logp[t] = logp
+            rollout.values[t] = value
         rewards_np[t] = rewards
         dones_np[t] = done
         if rollout.mu is not None:  # ACER's replay: how and where episodes ended
