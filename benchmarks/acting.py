@@ -10,8 +10,9 @@ reward scaler) and times ``collect`` -- the acting loop every runner uses -- ove
 rollouts, in one torch thread. Next to it, the two costs a step cannot avoid, measured the same
 way: the envs' own ``step`` (``gymnasium.make(ENV)`` as the user gets it, random actions, resets
 at episode ends; n_envs of them) and one forward of the network on the n_envs observations as
-the loop runs it (an MLP's numpy forward; a recurrent network's torch forward in inference mode). Prints microseconds per loop iteration (one step of every env) for each, and
-the ratio loop / (env steps + forward) (issue 17's goal: <= 1.5 at n_envs 1..4).
+the loop runs it (an MLP's numpy forward; a recurrent network's torch forward in inference
+mode). Prints microseconds per loop iteration (one step of every env) for each, and the ratio
+loop / (env steps + forward) (issue 17's goal: <= 1.5 at n_envs 1..4).
 """
 
 from __future__ import annotations

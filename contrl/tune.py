@@ -230,8 +230,9 @@ def add_trials(optuna, study, path: Path, algo: str, base, fixed: Optional[dict]
     from an earlier study or another machine) to ``study``, as Optuna trials of this search: their
     values and the parameters this search draws (checked against its ranges and choices, --set and
     --search included) must fit, or the row is left out with the reason; a record of another budget
-    (--steps) or another number of seeds per trial is refused whole. A row already added (the file name and its trial number, kept in the
-    trial) is not added twice. Returns (trials added, reasons for the rows left out)."""
+    (--steps) or another number of seeds per trial is refused whole. A row already added (the file
+    name and its trial number, kept in the trial) is not added twice. Returns (trials added, the
+    reasons for the rows left out)."""
     import csv
 
     from contrl.config import parse_scalar, resolve_key
@@ -240,7 +241,8 @@ def add_trials(optuna, study, path: Path, algo: str, base, fixed: Optional[dict]
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
     except OSError as e:
-        raise ContrlError(f"--add-trials: cannot read '{path}' ({e.strerror}); give the trials.csv of a study") from None
+        raise ContrlError(f"--add-trials: cannot read '{path}' ({e.strerror}); give the trials.csv of a "
+                          f"study") from None
     meta = ("trial", "state", "value", "finals", "last_step", "from")
     if not rows or not {"trial", "state", "value"} <= set(rows[0]):
         raise ContrlError(f"--add-trials: '{path}' is not a contrl tune trials.csv (it needs the columns trial, "

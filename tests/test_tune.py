@@ -269,7 +269,9 @@ def test_a_studys_record_seeds_another_study(run_cli, tmp_path):
     record = tmp_path / "a" / "trials.csv"
     p = run_cli(*common, "--out", tmp_path / "b", "--trials", "1", "--add-trials", record, check=0)
     assert "added 2 trial(s) from" in p.stdout and "1 new trial(s), 3 in all" in p.stdout, p.stdout
-    load = lambda d: optuna.load_study(study_name="a2c-CartPole-v1", storage=f"sqlite:///{tmp_path / d / 'study.db'}")
+    def load(d):
+        return optuna.load_study(study_name="a2c-CartPole-v1", storage=f"sqlite:///{tmp_path / d / 'study.db'}")
+
     a, b = load("a").trials, load("b").trials
     for ta, tb in zip(a, b[:2]):
         assert tb.value == ta.value and tb.params == ta.params and tb.distributions == ta.distributions
