@@ -8,8 +8,8 @@ log-std; ``--set`` fixes keys for every trial instead, and ``--search KEY=LOW..H
 ``KEY=A|B|C`` narrows a searched key to the user's range or choices. After every periodic
 evaluation the trial reports its return, and Optuna's median pruner stops trials that fall
 below the median of earlier ones at the same step (not before a quarter of the budget, nor
-before 5 completed trials have reported there: early evaluations of a task like LunarLander say little about where a run
-ends). A trial's value is its final evaluation (mean over 10 deterministic episodes); with
+before 5 completed trials have reported there: early evaluations of a task like LunarLander say
+little about where a run ends). A trial's value is its final evaluation (mean over 10 deterministic episodes); with
 ``--seeds K`` a trial trains K seeds and its value is the mean of their final evaluations
 (pruning watches the first), so a lucky seed does not win the study. An interrupted call
 (Ctrl-C) still writes the outputs below for the trials it completed.
@@ -205,7 +205,8 @@ class _Replay:
 
     def _range(self, name, low, high, kind, log):
         v = self._value(name)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not low * (1 - 1e-9) <= v <= high * (1 + 1e-9):
+        slack = 1e-9 * max(abs(low), abs(high))  # the record's decimal text of a drawn float
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not low - slack <= v <= high + slack:
             raise _Misfit(f"{name}={v} is outside this search's range {low}..{high}")
         v = min(max(v, low), high)
         if kind == "int":

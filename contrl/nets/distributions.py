@@ -90,8 +90,6 @@ class DiagGaussian:
         return DiagGaussian(mean, log_std)
 
 
-
-
 class NumpySampler:
     """What ``dist(pi_out).sample(generator)`` and ``log_prob`` of it give, on numpy distribution
     parameters (the acting loop's numpy forward): ``sampler(pi_out, generator) -> (actions,
