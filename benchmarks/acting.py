@@ -17,13 +17,13 @@ loop / (env steps + forward) (issue 17's goal: <= 1.5 at n_envs 1..4).
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
 
 import numpy as np
 import torch
+from update import best_seconds, run_args, run_parser  # the sibling benchmark (run as a script from benchmarks/)
 
 
 def env_step_us(env_id: str, env_kwargs: dict, n: int, steps: int, seed: int = 0) -> float:
@@ -37,18 +37,19 @@ def env_step_us(env_id: str, env_kwargs: dict, n: int, steps: int, seed: int = 0
         e.reset(seed=seed + i)
         e.action_space.seed(seed + i)
     actions = [[e.action_space.sample() for _ in range(steps)] for e in envs]
-    best = float("inf")
-    for _ in range(3):
-        t0 = time.perf_counter()
-        for k in range(steps):
-            for e, acts in zip(envs, actions):
-                _, _, term, trunc, _ = e.step(acts[k])
-                if term or trunc:
-                    e.reset()
-        best = min(best, (time.perf_counter() - t0) / steps)
+    k = [0]
+
+    def step() -> None:
+        for e, acts in zip(envs, actions):
+            _, _, term, trunc, _ = e.step(acts[k[0] % steps])
+            if term or trunc:
+                e.reset()
+        k[0] += 1
+
+    seconds = best_seconds(step, steps, rounds=3, warmup=0)
     for e in envs:
         e.close()
-    return best * 1e6
+    return seconds * 1e6
 
 
 def forward_us(model, obs: torch.Tensor, state: torch.Tensor, repeat: int = 2000) -> float:
@@ -56,25 +57,9 @@ def forward_us(model, obs: torch.Tensor, state: torch.Tensor, repeat: int = 2000
     an MLP's numpy forward (``numpy_forward``), else torch's in inference mode."""
     if hasattr(model, "numpy_forward"):
         fast, x = model.numpy_forward(), obs.numpy()
-        for _ in range(100):
-            fast(x)
-        best = float("inf")
-        for _ in range(3):
-            t0 = time.perf_counter()
-            for _ in range(repeat):
-                fast(x)
-            best = min(best, (time.perf_counter() - t0) / repeat)
-        return best * 1e6
+        return best_seconds(lambda: fast(x), repeat, rounds=3) * 1e6
     with torch.inference_mode():
-        for _ in range(100):
-            model.step(obs, state)
-        best = float("inf")
-        for _ in range(3):
-            t0 = time.perf_counter()
-            for _ in range(repeat):
-                model.step(obs, state)
-            best = min(best, (time.perf_counter() - t0) / repeat)
-    return best * 1e6
+        return best_seconds(lambda: model.step(obs, state), repeat, rounds=3) * 1e6
 
 
 def measure(algo: str, env: str, env_kwargs: dict, net: str | None, overrides: dict, n_envs: int | None,
@@ -116,20 +101,12 @@ def measure(algo: str, env: str, env_kwargs: dict, net: str | None, overrides: d
 
 
 def main() -> None:
-    from contrl.config import parse_assignments
-
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--algo", default="ppo", choices=["ppo", "a2c", "acer"])
-    p.add_argument("--env", default="HalfCheetah-v5")
-    p.add_argument("--env-kwargs", nargs="+", default=[], metavar="KEY=VALUE")
-    p.add_argument("--net", choices=["mlp", "lstm"])
+    p = run_parser(__doc__.split("\n\n")[0], ["ppo", "a2c", "acer"])
     p.add_argument("--n-envs", type=int, help="envs in lock-step (default: the preset's)")
-    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE")
     p.add_argument("--rollouts", type=int, default=10, help="timed rollouts (after 1 warm-up one)")
     a = p.parse_args()
-    torch.set_num_threads(1)
-    r = measure(a.algo, a.env, parse_assignments(a.env_kwargs, "--env-kwargs"), a.net, parse_assignments(a.set),
-                a.n_envs, a.rollouts)
+    env_kwargs, overrides = run_args(a)
+    r = measure(a.algo, a.env, env_kwargs, a.net, overrides, a.n_envs, a.rollouts)
     print(f"{r['algo']} on {r['env']} ({r['net']}, {r['n_envs']} env(s), rollouts of {r['T']} steps): "
           f"{r['loop_us']:.1f} us per iteration; env steps {r['env_us']:.1f} us + forward {r['forward_us']:.1f} us; "
           f"ratio {r['ratio']:.2f}x")

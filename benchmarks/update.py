@@ -41,18 +41,42 @@ def flops_per_sample(model: nn.Module) -> int:
     return total
 
 
+def best_seconds(fn, repeat: int, rounds: int = 5, warmup: int = 100) -> float:
+    """Seconds per call of ``fn()``: the best of ``rounds`` rounds of ``repeat`` calls, after a warm-up."""
+    for _ in range(warmup):
+        fn()
+    best = math.inf
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(repeat):
+            fn()
+        best = min(best, (time.perf_counter() - t0) / repeat)
+    return best
+
+
+def run_parser(description: str, algos: list[str]) -> argparse.ArgumentParser:
+    """The arguments that name a run as ``contrl train`` does: --algo, --env, --env-kwargs, --net, --set."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--algo", default="ppo", choices=algos)
+    p.add_argument("--env", default="HalfCheetah-v5")
+    p.add_argument("--env-kwargs", nargs="+", default=[], metavar="KEY=VALUE")
+    p.add_argument("--net", choices=["mlp", "lstm"])
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE")
+    return p
+
+
+def run_args(a: argparse.Namespace) -> tuple[dict, dict]:
+    """(env kwargs, overrides) of ``run_parser``'s arguments; one torch thread for the timing."""
+    from contrl.config import parse_assignments
+
+    torch.set_num_threads(1)
+    return parse_assignments(a.env_kwargs, "--env-kwargs"), parse_assignments(a.set)
+
+
 def matmul_gflops(batch: int, width: int = 256, repeat: int = 2000) -> float:
     """This core's speed on a [batch, width] x [width, width] product, in GFLOP/s (best of 5)."""
     a, w = torch.randn(batch, width), torch.randn(width, width)
-    for _ in range(100):
-        a @ w
-    best = math.inf
-    for _ in range(5):
-        t0 = time.perf_counter()
-        for _ in range(repeat):
-            a @ w
-        best = min(best, (time.perf_counter() - t0) / repeat)
-    return 2 * batch * width * width / best / 1e9
+    return 2 * batch * width * width / best_seconds(lambda: a @ w, repeat) / 1e9
 
 
 def fill(rollout, act_space, rng: np.random.Generator) -> None:
@@ -123,19 +147,11 @@ def measure(algo: str, env: str, env_kwargs: dict, net: str | None, overrides: d
 
 
 def main() -> None:
-    from contrl.config import parse_assignments
-
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--algo", default="ppo", choices=["ppo", "a2c", "a3c"])
-    p.add_argument("--env", default="HalfCheetah-v5")
-    p.add_argument("--env-kwargs", nargs="+", default=[], metavar="KEY=VALUE")
-    p.add_argument("--net", choices=["mlp", "lstm"])
-    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE")
+    p = run_parser(__doc__.split("\n\n")[0], ["ppo", "a2c", "a3c"])
     p.add_argument("--repeat", type=int, default=20, help="timed updates (after 2 warm-up ones)")
     a = p.parse_args()
-    torch.set_num_threads(1)
-    r = measure(a.algo, a.env, parse_assignments(a.env_kwargs, "--env-kwargs"), a.net, parse_assignments(a.set),
-                a.repeat)
+    env_kwargs, overrides = run_args(a)
+    r = measure(a.algo, a.env, env_kwargs, a.net, overrides, a.repeat)
     seqs = f" (sequences of at most {r['seq_len']} steps)" if r["seq_len"] else ""
     print(f"{r['algo']} on {r['env']} ({r['net']} {r['hidden']}): rollout {r['rollout']:,} samples, minibatch "
           f"{r['minibatch']} samples{seqs}")
