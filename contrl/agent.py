@@ -46,10 +46,14 @@ class Agent:
 
     # -- acting -----------------------------------------------------------------------------
     def preprocess(self, obs: np.ndarray, update_stats: bool = False) -> torch.Tensor:
+        return torch.from_numpy(self.normalize(obs, update_stats))
+
+    def normalize(self, obs: np.ndarray, update_stats: bool = False) -> np.ndarray:
+        """``preprocess`` as numpy: raw observations -> the network's ``[n, obs_dim]`` float32 inputs."""
         obs = np.asarray(obs, np.float32).reshape(-1, self.obs_dim)
         if self.obs_norm is not None:
             obs = self.obs_norm(obs, update=update_stats)
-        return torch.from_numpy(obs)
+        return obs
 
     def to_env(self, actions) -> np.ndarray:
         """Env-ready actions (from a tensor or a numpy array): ints for Discrete, clipped to the
@@ -57,7 +61,7 @@ class Agent:
         a = actions.numpy() if isinstance(actions, torch.Tensor) else actions
         if self.discrete:
             return a.astype(np.int64)
-        return np.clip(a, self._low, self._high)
+        return np.minimum(np.maximum(a, self._low), self._high)  # np.clip, without its wrapper's cost
 
     def policy(self, obs, state: torch.Tensor, deterministic: bool = True,
                generator: Optional[torch.Generator] = None) -> tuple[np.ndarray, torch.Tensor]:

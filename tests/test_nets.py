@@ -32,15 +32,17 @@ import pytest  # noqa: E402
 from contrl.nets.distributions import NumpySampler  # noqa: E402
 
 
-@pytest.mark.parametrize("space, shared, activation", [
-    (gym.spaces.Box(-1, 1, (6,)), False, "relu"), (gym.spaces.Box(-2, 2, (1,)), True, "tanh"),
-    (gym.spaces.Discrete(4), False, "tanh"), (gym.spaces.Discrete(2), True, "relu")])
-def test_numpy_acting_matches_torch(space, shared, activation):
+@pytest.mark.parametrize("space, shared, activation, hidden", [
+    (gym.spaces.Box(-1, 1, (6,)), False, "relu", [64, 64]), (gym.spaces.Box(-2, 2, (1,)), True, "tanh", [64, 64]),
+    (gym.spaces.Discrete(4), False, "tanh", [64, 64]), (gym.spaces.Discrete(2), True, "relu", [64, 64]),
+    (gym.spaces.Box(-1, 1, (3,)), False, "tanh", [32])])
+def test_numpy_acting_matches_torch(space, shared, activation, hidden):
     """The acting loop's numpy forward and sampling: the torch path's distribution parameters,
     values, actions and log-probs to float32 rounding, drawing the same noise from the generator
-    (the same discrete actions), and it sees in-place weight updates."""
+    (the same discrete actions), also when the noise buffer is reused, and one built after a
+    weight update sees it."""
     torch.manual_seed(0)
-    net = ActorCritic(17, space, NetConfig(hidden=[64, 64], activation=activation, shared=shared))
+    net = ActorCritic(17, space, NetConfig(hidden=hidden, activation=activation, shared=shared))
     if not net.discrete:
         with torch.no_grad():
             net.log_std.fill_(-0.7)
@@ -57,16 +59,22 @@ def test_numpy_acting_matches_torch(space, shared, activation):
         np.testing.assert_allclose(pi_n, pi_t.numpy(), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(v_n, v_t.numpy(), rtol=1e-5, atol=1e-6)
         log_std = None if net.discrete else net.log_std.detach().numpy()
-        a_n, logp_n = NumpySampler(log_std)(pi_n, torch.Generator().manual_seed(n))
-        if net.discrete:
-            assert np.array_equal(a_n, a_t.numpy())
-        else:
-            np.testing.assert_allclose(a_n, a_t.numpy(), rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(logp_n, logp_t.numpy(), rtol=1e-5, atol=1e-5)
-    with torch.no_grad():  # an optimiser's in-place step is seen by the views
+        sampler = NumpySampler(log_std)
+        for draw in range(2):  # the second draw reuses the sampler's noise buffer
+            gen = torch.Generator().manual_seed(n + draw)
+            with torch.inference_mode():
+                a_t = dist.sample(torch.Generator().manual_seed(n + draw))
+                logp_t = dist.log_prob(a_t)
+            a_n, logp_n = sampler(pi_n, gen)
+            if net.discrete:
+                assert np.array_equal(a_n, a_t.numpy())
+            else:
+                np.testing.assert_allclose(a_n, a_t.numpy(), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(logp_n, logp_t.numpy(), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # an optimiser's in-place step
         for p in net.parameters():
             p.mul_(0.5)
         pi_t, v_t = net(obs)
-    pi_n, v_n = fast(obs.numpy())
+    pi_n, v_n = net.numpy_forward()(obs.numpy())
     np.testing.assert_allclose(pi_n, pi_t.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(v_n, v_t.numpy(), rtol=1e-5, atol=1e-6)

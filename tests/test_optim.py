@@ -97,3 +97,65 @@ def test_adam_step_bound_is_never_reached_by_consistent_statistics_and_holds_tor
     bound = torn.ratio_bound(1.0)
     assert bound == pytest.approx(1 - b1, rel=1e-3)  # so that Adam's first step is at most lr
     assert torch.allclose(torn_p, torch.tensor([-0.1, 0.0, 0.1]), rtol=1e-3)  # without the clip: -0.1 * 50 / 1e-8
+
+
+def _params(seed: int = 0) -> list[torch.nn.Parameter]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter(torch.randn(shape, generator=g)) for shape in ((64, 17), (64,), (6, 64), (6,))]
+
+
+def test_fused_adam_is_torchs_fused_adam_step_for_step():
+    """PPO's FusedAdam (the fused kernel called directly): the same parameters and statistics as
+    torch.optim.Adam(fused=True), bit for bit, through lr changes, a parameter without a gradient
+    (torch's own step then), zero_grad and a state dict round trip into a new optimiser."""
+    from contrl.algos.optim import FusedAdam
+
+    ref, mine = _params(), _params()
+    opt_ref = torch.optim.Adam(ref, lr=3e-4, eps=1e-5, fused=True)
+    opt = FusedAdam(mine, lr=3e-4, eps=1e-5)
+    g = torch.Generator().manual_seed(1)
+    for i in range(40):
+        if i == 25:  # the state goes into a new optimiser (a resumed run), the lr changes (annealing)
+            state = opt.state_dict()
+            opt = FusedAdam(mine, lr=3e-4, eps=1e-5)
+            opt.load_state_dict(state)
+        for o in (opt_ref, opt):
+            o.param_groups[0]["lr"] = 3e-4 * (1 - i / 40)
+            o.zero_grad()
+        grads = [torch.randn(p.shape, generator=g) for p in ref]
+        for k, (a, b, gr) in enumerate(zip(ref, mine, grads)):
+            if i == 10 and k == 3:
+                continue  # no gradient for one parameter this step
+            a.grad, b.grad = gr.clone(), gr.clone()
+        opt_ref.step()
+        opt.step()
+    assert all(b.grad is not None for b in mine) and opt._lists is not None  # the direct path ran
+    for a, b in zip(ref, mine):
+        assert torch.equal(a, b)
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(opt_ref.state[a][key], opt.state[b][key])
+    opt.zero_grad()
+    assert all(p.grad is None for p in mine)
+
+
+def test_clip_grad_norm_is_torchs():
+    """The rules' gradient clip: torch's clip_grad_norm_ numbers (norm and clipped gradients), and
+    the norm alone with max_norm 0."""
+    from torch import nn
+
+    from contrl.algos.rule import clip_grad_norm
+
+    for max_norm, scale in ((0.5, 1.0), (0.5, 1e-3), (0.0, 1.0)):
+        ref, mine = _params(2), _params(2)
+        for a, b in zip(ref, mine):
+            a.grad = torch.randn(a.shape, generator=torch.Generator().manual_seed(a.numel())) * scale
+            b.grad = a.grad.clone()
+        if max_norm > 0:
+            norm_ref = nn.utils.clip_grad_norm_(ref, max_norm, foreach=True)
+        else:
+            norm_ref = nn.utils.get_total_norm([p.grad for p in ref], foreach=True)
+        norm = clip_grad_norm([p.grad for p in mine], max_norm)
+        assert torch.equal(norm, norm_ref)
+        assert all(torch.equal(a.grad, b.grad) for a, b in zip(ref, mine))
+        if max_norm > 0 and scale == 1.0:
+            assert abs(float(torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in mine]))) - max_norm) < 1e-4

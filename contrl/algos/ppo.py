@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from contrl.algos.optim import FusedAdam
 from contrl.algos.rule import Rule
 from contrl.config import PPOConfig
 from contrl.storage.rollout import Rollout
@@ -21,7 +22,7 @@ from contrl.storage.rollout import Rollout
 class PPO(Rule):
     def __init__(self, model: nn.Module, cfg: PPOConfig, **kw):
         super().__init__(model, cfg, **kw)
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=True)
+        self.optimizer = FusedAdam(model.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
 
     def update(self, rollout: Rollout, generator: torch.Generator) -> dict:
         cfg, model = self.cfg, self.model

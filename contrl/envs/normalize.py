@@ -17,12 +17,23 @@ class RunningMeanStd:
         self.count = epsilon
 
     def update(self, x: np.ndarray) -> None:
-        x = np.asarray(x, np.float64)
-        if x.shape[0] == 1:  # one env: its row is the mean and the variance is 0, exactly (numpy's
-            # reductions of one row cost more than the rest of the update)
-            self.merge(x[0], np.zeros_like(x[0]), 1)
+        x = np.asarray(x)
+        if x.shape[0] == 1:  # one env (the acting loop's MuJoCo case): see add_one
+            self.add_one(x[0])
             return
+        x = x.astype(np.float64, copy=False)
         self.merge(x.mean(axis=0), x.var(axis=0), x.shape[0])
+
+    def add_one(self, row) -> None:
+        """``merge(row, 0, 1)``, the fold of one sample, in six array operations instead of a
+        dozen plus two reductions (the acting loop does it at every step; issue 17). Equal to
+        ``merge`` to float64 rounding (tested)."""
+        total = self.count + 1.0
+        delta = row - self.mean  # float64 (the statistics' type), whatever the row's float type
+        step = delta / total
+        self.mean = self.mean + step
+        self.var = (self.var + delta * step) * (self.count / total)
+        self.count = total
 
     def merge(self, b_mean: np.ndarray, b_var: np.ndarray, b_count: float) -> None:
         """Fold in the statistics of another sample (parallel algorithm of Chan et al.)."""
@@ -55,7 +66,15 @@ class ObsNormalizer:
         if update:
             self.rms.update(obs)
         out = (obs - self.rms.mean) / np.sqrt(self.rms.var + 1e-8)
-        return np.clip(out, -self.clip, self.clip).astype(np.float32)
+        return clip_to_float32(out, self.clip)
+
+
+def clip_to_float32(x: np.ndarray, bound: float) -> np.ndarray:
+    """``np.clip(x, -bound, bound).astype(np.float32)`` in two ufunc calls (``np.clip``'s Python
+    wrapper costs more than the clipping of a few numbers; the acting loop calls this twice per
+    step). Same values, NaN included."""
+    out = np.maximum(x, -bound)
+    return np.minimum(out, bound, out=np.empty(out.shape, np.float32), casting="same_kind")
 
 
 class RewardScaler:
@@ -70,7 +89,8 @@ class RewardScaler:
         self.returns = self.returns * self.gamma + rewards
         self.rms.update(self.returns)
         self.returns[dones] = 0.0
-        return np.clip(rewards / np.sqrt(self.rms.var + 1e-8), -self.clip, self.clip).astype(np.float32)
+        # the scale as a float64 scalar (math.sqrt: the same number as np.sqrt, at a tenth of the cost)
+        return clip_to_float32(rewards / np.float64(math.sqrt(self.rms.var + 1e-8)), self.clip)
 
     def state_dict(self) -> dict:
         return {"rms": self.rms.state_dict(), "returns": self.returns.tolist()}

@@ -274,19 +274,20 @@ class VecEnv:
         return [r for chunk in self._gather() for r in chunk]
 
     def step(self, actions: np.ndarray) -> StepResult:
-        results = self._call("step", list(actions))
-        obs = self._stack([r[0] for r in results])
-        rewards = np.fromiter((r[1] for r in results), dtype=np.float32, count=self.n)
-        terminated = np.fromiter((r[2] for r in results), dtype=bool, count=self.n)
-        truncated = np.fromiter((r[3] for r in results), dtype=bool, count=self.n)
+        """Step every env (``actions`` indexable per env). ``episodes`` is non-empty exactly when
+        some env was terminated or truncated (what ``collect`` tests instead of the flags)."""
+        obs, rewards, terminated, truncated, finals, ends = zip(*self._call("step", actions))
+        obs = self._stack(obs)
         final_obs = np.zeros_like(obs)
         episodes = []
-        for i, r in enumerate(results):
-            if r[4] is not None:
-                final_obs[i] = np.asarray(r[4], dtype=np.float32).reshape(-1)
-                episodes.append((i, r[5][0], r[5][1]))
+        if ends.count(None) < self.n:  # an episode ended
+            for i, end in enumerate(ends):
+                if end is not None:
+                    final_obs[i] = np.asarray(finals[i], dtype=np.float32).reshape(-1)
+                    episodes.append((i, end[0], end[1]))
         self.obs = obs
-        return StepResult(obs, rewards, terminated, truncated, final_obs, episodes)
+        return StepResult(obs, np.array(rewards, np.float32), np.array(terminated, bool), np.array(truncated, bool),
+                          final_obs, episodes)
 
     def get_state(self) -> list[dict]:
         return self._call("get_state")

@@ -100,16 +100,29 @@ class NumpySampler:
 
     def __init__(self, log_std: np.ndarray | None):
         self.log_std = log_std
+        self._noise: dict = {}  # shape -> (tensor, its numpy view): the noise is drawn in place
         if log_std is not None:
-            self.std, self.inv_std = np.exp(log_std), np.exp(-log_std)
+            self.std = np.exp(log_std)
+            # log N(a; mu, std) = -|z|^2 / 2 - sum(log std) - A log(2 pi) / 2, with z = (a - mu) / std,
+            # which is the noise drawn: the noise gives the log-prob without going through the action
+            self.logp0 = -float(log_std.sum(dtype=np.float64)) - 0.5 * _LOG_2PI * log_std.shape[-1]
+
+    def _buffer(self, shape: tuple) -> tuple[torch.Tensor, np.ndarray]:
+        buf = self._noise.get(shape)
+        if buf is None:
+            t = torch.empty(shape)
+            buf = self._noise[shape] = (t, t.numpy())
+        return buf
 
     def __call__(self, pi_out: np.ndarray, generator: torch.Generator | None) -> tuple[np.ndarray, np.ndarray]:
+        # torch.rand / torch.randn are uniform_ / normal_ on a new tensor: drawing into a kept one
+        # takes the same numbers from the generator without allocating (and freeing) a tensor per step
+        t, noise = self._buffer(pi_out.shape)
         if self.log_std is None:
             m = pi_out.max(-1, keepdims=True)
             logits = pi_out - (m + np.log(np.exp(pi_out - m).sum(-1, keepdims=True)))  # normalised log-probs
-            u = torch.rand(logits.shape, generator=generator).clamp_(1e-20, 1.0).numpy()
-            actions = (logits - np.log(-np.log(u))).argmax(-1)
+            t.uniform_(generator=generator).clamp_(1e-20, 1.0)
+            actions = (logits - np.log(-np.log(noise))).argmax(-1)
             return actions, np.take_along_axis(logits, actions[..., None], -1)[..., 0]
-        actions = pi_out + torch.randn(pi_out.shape, generator=generator).numpy() * self.std
-        z = (actions - pi_out) * self.inv_std
-        return actions, (-0.5 * z * z - self.log_std - 0.5 * _LOG_2PI).sum(-1)
+        t.normal_(generator=generator)
+        return pi_out + noise * self.std, np.add.reduce(noise * noise, -1) * -0.5 + self.logp0

@@ -32,6 +32,8 @@ from contrl.errors import Fault, NonFinite
 from contrl.nets.distributions import NumpySampler
 from contrl.storage.rollout import Rollout
 
+_sum = np.add.reduce  # x.sum() without the method's Python wrapper (the acting loop sums at every step)
+
 
 def collect(agent, venv: VecEnv, rollout: Rollout, generator: torch.Generator,
             scaler: Optional[RewardScaler] = None,
@@ -56,7 +58,8 @@ def collect(agent, venv: VecEnv, rollout: Rollout, generator: torch.Generator,
     fast = model.numpy_forward() if hasattr(model, "numpy_forward") and rollout.mu is None else None
     if fast is not None:
         sample = NumpySampler(None if model.discrete else model.log_std.detach().numpy())
-        actions_np, logp_np, values_np = rollout.actions.numpy(), rollout.logp.numpy(), rollout.values.numpy()
+        obs_np, actions_np = rollout.obs.numpy(), rollout.actions.numpy()
+        logp_np, values_np = rollout.logp.numpy(), rollout.values.numpy()
     rollout.trunc_values.zero_()
     rollout.nonfinite = ""
     episodes: list = []
@@ -64,12 +67,13 @@ def collect(agent, venv: VecEnv, rollout: Rollout, generator: torch.Generator,
     if not np.isfinite(obs).all():
         _nonfinite(rollout, venv, -1, [("observation", obs)], skip)
     for t in range(rollout.T):
-        obs_t = agent.preprocess(obs, update_stats=update_stats)
         if fast is not None:
-            pi_out, value = fast(obs_t.numpy())
+            obs_t = agent.normalize(obs, update_stats)
+            pi_out, value = fast(obs_t)
             action, logp = sample(pi_out, generator)
             h_next = h
         else:
+            obs_t = agent.preprocess(obs, update_stats=update_stats)
             with torch.inference_mode():
                 if recurrent:
                     rollout.states[t] = h
@@ -85,19 +89,19 @@ def collect(agent, venv: VecEnv, rollout: Rollout, generator: torch.Generator,
             e.t = t
             raise
         done = res.terminated | res.truncated
-        any_done = done.any()
+        any_done = bool(res.episodes)  # (an episode is reported exactly where one ended)
         # one cheap test (a sum is non-finite if any term is, or on overflow: then the exact check finds nothing)
-        total = float(res.obs.sum()) + float(res.rewards.sum())
-        if not math.isfinite(total + float(res.final_obs.sum()) if any_done else total):
+        total = float(_sum(res.obs, None)) + float(_sum(res.rewards, None))
+        if not math.isfinite(total + float(_sum(res.final_obs, None)) if any_done else total):
             _nonfinite(rollout, venv, t, [("observation", res.obs), ("reward", res.rewards),
                                           ("final observation", res.final_obs)], skip)
         rewards = scaler(res.rewards, done) if scaler is not None else res.rewards
         if raw:  # replay normalises and scales when it learns (ReplayInputs)
             obs_t, rewards = torch.from_numpy(np.asarray(obs, np.float32).reshape(venv.n, -1)), res.rewards
-        rollout.obs[t] = obs_t
         if fast is not None:
-            actions_np[t], logp_np[t], values_np[t] = action, logp, value
+            obs_np[t], actions_np[t], logp_np[t], values_np[t] = obs_t, action, logp, value
         else:
+            rollout.obs[t] = obs_t
             rollout.actions[t] = action
             rollout.logp[t] = logp
             rollout.values[t] = value
@@ -110,8 +114,8 @@ def collect(agent, venv: VecEnv, rollout: Rollout, generator: torch.Generator,
                 final = res.final_obs[idx]
                 rollout.final_obs[t, torch.from_numpy(idx)] = torch.from_numpy(
                     np.asarray(final, np.float32).reshape(len(idx), -1)) if raw else agent.preprocess(final)
-        boot = res.truncated & ~res.terminated
-        if boot.any():
+        boot = res.truncated & ~res.terminated if any_done else None
+        if boot is not None and boot.any():
             idx = np.flatnonzero(boot)
             with torch.inference_mode():
                 v_final = model.value_step(agent.preprocess(res.final_obs[idx]), h_next[torch.from_numpy(idx)])
