@@ -93,13 +93,13 @@ class Rule:
         """The optimiser steps the gradients in ``params``' ``.grad``."""
         self.optimizer.step()
 
-    def checked(self, loss: torch.Tensor) -> bool:
+    def checked(self, loss: torch.Tensor | float) -> bool:
         """After ``loss.backward()``: clip the gradient norm at ``max_grad_norm`` (0: off) and check
         the loss and the norm. True: apply the update. Non-finite: ``drop`` it (the gradients
         cleared) and return False, or raise."""
         norm = clip_grad_norm([p.grad for p in self.params if p.grad is not None], self.cfg.max_grad_norm)
         self.updates_done += 1
-        loss_ok = math.isfinite(loss.item())
+        loss_ok = math.isfinite(loss.item() if isinstance(loss, torch.Tensor) else loss)
         if loss_ok and math.isfinite(norm.item()):
             self.skipped_in_a_row = 0
             return True

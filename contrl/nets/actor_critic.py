@@ -40,6 +40,46 @@ def _run(plan: list, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _run_keep(plan: list, x: torch.Tensor) -> list[torch.Tensor]:
+    """``_run`` without autograd, keeping every layer's output: [x, h1, ..., hL] (for ``_back``)."""
+    hs = [x]
+    for lin, act in plan:
+        x = F.linear(x, lin.weight, lin.bias)
+        hs.append(_ACT_INPLACE[act](x))
+    return hs
+
+
+def _grad_buffer(p: torch.Tensor) -> torch.Tensor:
+    """``p.grad``, made if there is none: the hand-written backward writes into the same buffers
+    every minibatch (a new 256x256 gradient per minibatch made its matmul ~1.5x slower, measured)."""
+    if p.grad is None:
+        p.grad = torch.empty_like(p)
+    return p.grad
+
+
+def _linear_back(lin: nn.Linear, g: torch.Tensor, x: torch.Tensor, need_input: bool = True):
+    """The gradients of y = x W^T + b given dL/dy ``g``: written into ``lin``'s ``.grad``;
+    returns dL/dx (``need_input``) -- what autograd's AddmmBackward computes, by the same ops."""
+    torch.mm(g.t(), x, out=_grad_buffer(lin.weight))
+    torch.sum(g, 0, out=_grad_buffer(lin.bias))
+    return torch.mm(g, lin.weight) if need_input else None
+
+
+def _back(plan: list, hs: list[torch.Tensor], g: torch.Tensor) -> None:
+    """Back through an mlp() run by ``_run_keep`` (``hs``), dL/d(its output) ``g``: every layer's
+    weight and bias gradient into its ``.grad``."""
+    for k in range(len(plan) - 1, -1, -1):
+        lin, act = plan[k]
+        g = _ACT_BACKWARD[act](g, hs[k + 1])
+        g = _linear_back(lin, g, hs[k], need_input=k > 0)
+
+
+_ACT_INPLACE = {torch.relu: torch.relu_, torch.tanh: torch.tanh_}
+# dL/dz from dL/dh and h = act(z): the kernels autograd runs for ReLU and tanh (by their output)
+_ACT_BACKWARD = {torch.relu: lambda g, h: torch.ops.aten.threshold_backward(g, h, 0),
+                 torch.tanh: torch.ops.aten.tanh_backward}
+
+
 def _relu_np(x: np.ndarray) -> np.ndarray:
     return np.maximum(x, 0, out=x)
 
@@ -104,6 +144,7 @@ class ActorCritic(nn.Module):
 
     recurrent = False
     state_size = 0
+    hand_backward = True  # forward_cached / backward_into: PPO's minibatch without autograd
 
     def __init__(self, obs_dim: int, action_space: gym.Space, cfg: NetConfig):
         super().__init__()
@@ -173,6 +214,37 @@ class ActorCritic(nn.Module):
             return _run_cols(head_pi, ht).T, _run_cols(head_v, hvt)[0]
 
         return forward
+
+    # -- forward and backward by hand (issue 17) ---------------------------------------------
+    # A 64-sample minibatch of these small networks spends most of its time in autograd's
+    # per-node overhead (~80 nodes, several us each), not in arithmetic: a rule that knows its
+    # loss's gradient with respect to (distribution parameters, values, log-std) runs the
+    # network's forward keeping each layer's output and writes every parameter's gradient here,
+    # with the same matmuls autograd would run (tests/test_ppo.py compares with autograd).
+    def forward_cached(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+        """``forward`` without autograd: (distribution parameters, values, what ``backward_into`` needs)."""
+        with torch.no_grad():
+            hs = _run_keep(self._pi_plan, obs)
+            hvs = hs if self._v_plan is None else _run_keep(self._v_plan, obs)
+            pi_out = F.linear(hs[-1], self.pi_head.weight, self.pi_head.bias)
+            values = F.linear(hvs[-1], self.v_head.weight, self.v_head.bias).squeeze(-1)
+        return pi_out, values, (hs, hvs)
+
+    def backward_into(self, cache: tuple, g_pi: torch.Tensor, g_values: torch.Tensor,
+                      g_log_std: torch.Tensor | None = None) -> None:
+        """Every parameter's ``.grad`` (overwritten, not accumulated) from dL/d(distribution
+        parameters) ``[B, A]``, dL/d(values) ``[B]`` and, for a Gaussian head, dL/d(log-std) ``[A]``."""
+        hs, hvs = cache
+        with torch.no_grad():
+            g = _linear_back(self.pi_head, g_pi, hs[-1])  # an mlp() torso has at least one layer
+            gv = _linear_back(self.v_head, g_values.unsqueeze(1), hvs[-1])
+            if self._v_plan is None:  # one torso: both heads' gradients flow into it
+                _back(self._pi_plan, hs, g.add_(gv))
+            else:
+                _back(self._pi_plan, hs, g)
+                _back(self._v_plan, hvs, gv)
+            if self.log_std is not None:
+                self.log_std.grad = g_log_std
 
     # -- the recurrent interface, with no state ---------------------------------------------
     def initial_state(self, n: int) -> torch.Tensor:
