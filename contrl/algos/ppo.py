@@ -17,8 +17,6 @@ gradients to float32 rounding (tests/test_ppo.py compares them with autograd's);
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from torch import nn
@@ -26,10 +24,10 @@ from torch import nn
 from contrl.algos.optim import FusedAdam
 from contrl.algos.rule import Rule
 from contrl.config import PPOConfig
+from contrl.nets.distributions import _LOG_2PI
 from contrl.storage.rollout import Rollout
 
 
-_LOG_2PI = math.log(2 * math.pi)
 _sum = np.add.reduce  # ndarray.sum / .mean without their Python wrappers (several us each)
 
 
