@@ -4,7 +4,7 @@
     python benchmarks/update.py --algo ppo --env LunarLander-v3 --set batch_size=256
     python benchmarks/update.py --algo a2c --env LunarLander-v3 --env-kwargs continuous=true
     python benchmarks/update.py --algo ppo --env contrl/CartPoleNoVel-v1 --net lstm
-    python benchmarks/update.py --algo ppo --env HalfCheetah-v5 --autograd   # PPO without its hand backward
+    python benchmarks/update.py --algo ppo --env HalfCheetah-v5 --autograd   # without the hand backward
 
 Builds the network and update rule exactly as ``contrl train ALGO --env ENV`` would (the preset
 the env id picks, ``--set`` on top), fills one rollout of the preset's size (n_steps x n_envs)
@@ -151,12 +151,12 @@ def main() -> None:
     p = run_parser(__doc__.split("\n\n")[0], ["ppo", "a2c", "a3c"])
     p.add_argument("--repeat", type=int, default=20, help="timed updates (after 2 warm-up ones)")
     p.add_argument("--autograd", action="store_true",
-                   help="PPO through autograd instead of its hand-written backward (the MLP's default)")
+                   help="through autograd instead of the hand-written backward (the MLP's default)")
     a = p.parse_args()
     if a.autograd:
-        from contrl.algos.ppo import PPO
+        from contrl.algos import A2C, PPO
 
-        PPO.hand_backward = False
+        PPO.hand_backward = A2C.hand_backward = False
     env_kwargs, overrides = run_args(a)
     r = measure(a.algo, a.env, env_kwargs, a.net, overrides, a.repeat)
     seqs = f" (sequences of at most {r['seq_len']} steps)" if r["seq_len"] else ""

@@ -2,6 +2,7 @@
 asynchronous runner without a step."""
 
 import gymnasium as gym
+import pytest
 import torch
 
 from contrl.algos.a2c import A2C
@@ -65,3 +66,97 @@ def test_updates_leave_one_gradient_and_step_nothing():
     assert all(p.grad is not None for p in model.parameters())
     rule.step()
     assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
+# -- the hand-written gradient (issue 17) against autograd's --------------------------------------
+SPACES = {"discrete": gym.spaces.Discrete(4), "box": gym.spaces.Box(-1, 1, (3,))}
+
+
+def _model_and_rollout(space, shared=False, activation="tanh", T=8, N=4):
+    torch.manual_seed(0)
+    model = ActorCritic(4, space, NetConfig(hidden=[16, 8], activation=activation, shared=shared))
+    ro = Rollout(T, N, 4, model.act_shape)
+    gen = torch.Generator().manual_seed(1)
+    ro.obs.normal_(generator=gen)
+    with torch.no_grad():
+        pi, v = model(ro.obs)
+        d = model.dist(pi)
+        ro.actions.copy_(d.sample(gen).float() if model.discrete else d.sample(gen))
+        ro.values.copy_(v)
+    ro.rewards.normal_(1.0, 2.0, generator=gen)
+    ro.dones.bernoulli_(0.1, generator=gen)
+    ro.last_values.normal_(generator=gen)
+    return model, ro
+
+
+@pytest.mark.parametrize("space", sorted(SPACES))
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+@pytest.mark.parametrize("settings", [{}, {"normalize_advantage": True, "ent_coef": 0.05, "vf_coef": 1.3}])
+def test_hand_gradient_is_autograds(space, shared, activation, settings):
+    """The statistics (policy loss, value loss, entropy) and every parameter's gradient -- clipped
+    at max_grad_norm, which the 0.05 here makes active -- by hand (numpy loss, hand-written
+    backward) and through autograd, on the same rollout."""
+    out = []
+    for by_hand in (True, False):
+        model, ro = _model_and_rollout(SPACES[space], shared, activation)
+        rule = A2C(model, A2CConfig(max_grad_norm=0.05, **settings))
+        rule.hand_backward = by_hand
+        calls = []
+        hand = rule._hand_loss
+        rule._hand_loss = lambda batch: calls.append(1) or hand(batch)
+        [stats] = rule.updates(ro, None)
+        assert len(calls) == by_hand
+        out.append((stats, {name: p.grad.clone() for name, p in model.named_parameters()}))
+    (hand_stats, hand_grads), (auto_stats, auto_grads) = out
+    assert hand_stats == pytest.approx(auto_stats, rel=1e-5, abs=1e-6)
+    assert set(auto_grads) == set(hand_grads) == {name for name, _ in model.named_parameters()}
+    for name in auto_grads:
+        torch.testing.assert_close(hand_grads[name], auto_grads[name], rtol=1e-4, atol=1e-7, msg=name)
+        assert auto_grads[name].abs().max() > 0, name
+
+
+def test_hand_gradient_trains_as_autograd_does_on_shared_weights():
+    """As A3C uses it: gradients computed in a worker's copy, applied by the rule that owns the
+    weights (the hand path writes into kept gradient buffers; the owner's ``.grad`` points at
+    them), for several rollouts: the same weights as through autograd, to float32 rounding."""
+    weights = []
+    for by_hand in (True, False):
+        owner_model, ro = _model_and_rollout(SPACES["box"])
+        owner = A2C(owner_model, A2CConfig(lr=1e-2, ent_coef=0.01, optimizer="adam"))
+        local_model, _ = _model_and_rollout(SPACES["box"])
+        local = A2C(local_model, A2CConfig(lr=1e-2, ent_coef=0.01, optimizer="adam"))
+        local.hand_backward = by_hand
+        for _ in range(5):
+            with torch.no_grad():
+                for p, q in zip(local.params, owner.params):
+                    p.copy_(q)
+            for stats in local.updates(ro, None):
+                for p, q in zip(owner.params, local.params):
+                    p.grad = q.grad
+                owner.step()
+        weights.append([p.detach().clone() for p in owner_model.parameters()])
+    for a, b in zip(*weights):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip_update"])
+def test_hand_path_non_finite_loss_is_one_error_and_no_numpy_warning(policy):
+    """Weights blown up: the overflow is reported by the rule's check (NonFinite, or a skipped
+    update), not as numpy warnings."""
+    import warnings
+
+    from contrl.errors import NonFinite
+
+    model, ro = _model_and_rollout(SPACES["box"])
+    rule = A2C(model, A2CConfig())
+    rule.nan_policy = policy
+    with torch.no_grad():
+        model.v_head.weight.fill_(1e30)  # (V - R)^2 overflows float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        if policy == "stop":
+            with pytest.raises(NonFinite, match="non-finite loss"):
+                rule.update(ro)
+        else:
+            assert rule.update(ro)["skipped_updates"] == 1

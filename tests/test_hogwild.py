@@ -67,13 +67,18 @@ def _opt_steps(ckpt: Path) -> int:
 
 @pytest.mark.parametrize("env,extra", [
     ("CartPole-v1", {"optimizer": "adam", "lr": 1e-3}),
-    ("Pendulum-v1", {"norm_obs": True, "norm_reward": True}),  # RMSprop, shared obs statistics
+    ("Pendulum-v1", {"norm_obs": True, "norm_reward": True, "optimizer": "rmsprop"}),  # shared obs statistics
     ("contrl/CartPoleNoVel-v1", {"net.type": "lstm", "net.critic_lstm": True}),  # state carried across segments
 ])
-def test_a3c_with_one_worker_computes_exactly_what_a2c_computes(tmp_path, env, extra):
+def test_a3c_with_one_worker_computes_exactly_what_a2c_computes(tmp_path, monkeypatch, env, extra):
     """The asynchronous machinery (local copy, gradients handed to the global model, shared
     optimiser state, shared obs statistics, global budget) adds nothing to the update rule:
-    with one worker and the same seeds, A3C ends with A2C's parameters bit for bit."""
+    with one worker and the same seeds, A3C ends with A2C's parameters bit for bit. (A2C's Adam
+    takes the foreach step here, as shared statistics do; its fused kernel is the same to float32
+    rounding: tests/test_optim.py.)"""
+    from contrl.algos.optim import Adam
+
+    monkeypatch.setattr(Adam, "fused_kernel", False)
     ov = {"n_envs": 4, "n_steps": 5, "eval_episodes": 1, "final_eval_episodes": 0, **extra}
     kw = dict(steps=4000, seed=3, quiet=True, tensorboard=False)
     a = train("a2c", env, out=tmp_path / "a2c", overrides=ov, **kw)
@@ -146,11 +151,14 @@ def test_worker_failing_past_its_retries_stops_with_one_line(run_cli):
     ("Pendulum-v1", {"replay_start": 200, "buffer_size": 1000, "optimizer": "adam"}),
     ("contrl/CartPoleNoVel-v1", {"replay_start": 200, "buffer_size": 1000, "net.type": "lstm"}),  # replayed states
 ])
-def test_async_acer_with_one_worker_computes_exactly_what_sync_acer_computes(tmp_path, env, extra):
+def test_async_acer_with_one_worker_computes_exactly_what_sync_acer_computes(tmp_path, monkeypatch, env, extra):
     """The same for ACER on both runners: one worker with its own replay memory, the shared
     model, optimiser statistics and average network ends with the synchronous run's parameters
     (and the same average network) bit for bit -- replayed updates, trust region and, for
-    Pendulum, the SDN's sampled actions included."""
+    Pendulum, the SDN's sampled actions included. (Adam's foreach step in both, as above.)"""
+    from contrl.algos.optim import Adam
+
+    monkeypatch.setattr(Adam, "fused_kernel", False)
     ov = {"n_envs": 2, "n_steps": 10, "eval_episodes": 1, "final_eval_episodes": 0, **extra}
     kw = dict(steps=3000, seed=3, quiet=True, tensorboard=False)
     a = train("acer", env, out=tmp_path / "sync", overrides=ov, **kw)

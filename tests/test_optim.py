@@ -18,11 +18,16 @@ def test_rmsprop_tf_style_by_hand():
     assert torch.allclose(p.detach(), expected, atol=1e-7)
 
 
-def test_adam_matches_torch_adam():
+@pytest.mark.parametrize("shared", [False, True])
+def test_adam_matches_torch_adam(shared):
+    """In one process (the fused kernel) and shared (the clipped foreach step, Hogwild's)."""
     torch.manual_seed(0)
     a = torch.randn(5, 3, requires_grad=True)
     b = a.detach().clone().requires_grad_(True)
     ours, ref = Adam([a], lr=0.01, eps=1e-8), torch.optim.Adam([b], lr=0.01, eps=1e-8)
+    if shared:
+        ours.share_memory()
+    assert ours.fused is not shared
     for _ in range(7):
         g = torch.randn(5, 3)
         a.grad, b.grad = g.clone(), g.clone()
@@ -30,6 +35,8 @@ def test_adam_matches_torch_adam():
         ref.step()
     assert torch.allclose(a, b, atol=1e-6)
     assert ours.steps == 7
+    for name in ("exp_avg", "exp_avg_sq"):
+        assert torch.allclose(ours.state[name][0], ref.state[b][name], atol=1e-7)
 
 
 def test_learning_rate_lives_in_param_groups_as_in_torch():
@@ -75,7 +82,8 @@ def _child_steps(opt, grads):
         opt.step()
 
 
-def test_adam_step_bound_is_never_reached_by_consistent_statistics_and_holds_torn_ones():
+@pytest.mark.parametrize("shared", [False, True])
+def test_adam_step_bound_is_never_reached_by_consistent_statistics_and_holds_torn_ones(shared):
     """The per-element clip of Adam's step: on the gradient sequence that reaches the
     Cauchy-Schwarz bound (g_{t-k} = (b1 / b2)^k) the step equals torch's Adam; with torn
     statistics (m holding a large gradient that v never saw, as two Hogwild workers stepping at
@@ -84,13 +92,15 @@ def test_adam_step_bound_is_never_reached_by_consistent_statistics_and_holds_tor
     grads = [torch.tensor([(b1 / b2) ** (t - 1 - i)]) for i in range(t)]
     ours_p, ref_p = torch.zeros(1, requires_grad=True), torch.zeros(1, requires_grad=True)
     ours, ref = Adam([ours_p], lr=0.1), torch.optim.Adam([ref_p], lr=0.1)
+    if shared:
+        ours.share_memory()
     for g in grads:
         ours_p.grad, ref_p.grad = g.clone(), g.clone()
         ours.step()
         ref.step()
     assert torch.allclose(ours_p, ref_p, rtol=1e-5, atol=0)
     torn_p = torch.zeros(3, requires_grad=True)
-    torn = Adam([torn_p], lr=0.1)
+    torn = Adam([torn_p], lr=0.1).share_memory()  # Hogwild's: only shared statistics can be torn
     torn.state["exp_avg"][0].copy_(torch.tensor([50.0, 0.0, -50.0]))  # another worker's gradient in m only
     torn_p.grad = torch.zeros(3)
     torn.step()  # t = 1: v = 0

@@ -2,7 +2,9 @@
 
 One gradient step per segment of ``n_steps`` from every env: the policy gradient
 -A * log pi(a|s) with A the n-step (or GAE) advantage, a value loss, an entropy bonus, gradient-norm
-clipping, then RMSprop (TensorFlow-style) or Adam.
+clipping, then RMSprop (TensorFlow-style) or Adam. With an MLP actor-critic the gradient skips
+autograd, as PPO's minibatches do (contrl/algos/hand.py; ``A2C.hand_backward = False`` for autograd's
+path): the same gradients to float32 rounding (tests/test_a2c.py).
 
 The rule knows nothing of processes: on the asynchronous runners (A3C) the runner takes the
 gradient ``updates()`` leaves in the local model and applies it to the shared weights.
@@ -12,8 +14,10 @@ from __future__ import annotations
 
 from typing import Iterator, Optional
 
+import numpy as np
 import torch
 
+from contrl.algos import hand
 from contrl.algos.optim import make_optimizer
 from contrl.algos.rule import Rule
 from contrl.config import A2CConfig
@@ -21,6 +25,8 @@ from contrl.storage.rollout import Rollout
 
 
 class A2C(Rule):
+    hand_backward = True  # take the network's hand-written backward where it has one (contrl/algos/hand.py)
+
     def __init__(self, model, cfg: A2CConfig, **kw):
         super().__init__(model, cfg, **kw)
         self.optimizer = make_optimizer(cfg.optimizer, self.params, cfg.lr, cfg.alpha, cfg.eps)
@@ -35,8 +41,21 @@ class A2C(Rule):
 
     def gradients(self, rollout: Rollout) -> dict:
         """The clipped gradients of the loss on ``rollout`` into the model's ``.grad`` (no step)."""
-        cfg, model = self.cfg, self.model
         batch = rollout.whole()  # every sample (recurrent: every sequence, from its stored state)
+        if hand.takes_hand_path(self, self.model):
+            loss, stats = self._hand_loss(batch)  # gradients written
+        else:
+            loss, stats = self._loss(batch)
+            for p in self.params:
+                p.grad = None
+            loss.backward()
+        if not self.checked(loss):
+            return {"skipped_updates": 1.0}
+        return dict(zip(("policy_loss", "value_loss", "entropy"), stats))
+
+    def _loss(self, batch) -> tuple:
+        """The loss through autograd, and its statistics (policy loss, value loss, entropy) as floats."""
+        cfg, model = self.cfg, self.model
         pi_out, values = model.forward_batch(batch)
         dist = model.dist(pi_out)
         logp = dist.log_prob(batch.actions)
@@ -48,10 +67,25 @@ class A2C(Rule):
         value_loss = (values - batch.returns).pow(2).mean()
         entropy = dist.entropy().mean()
         loss = policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy
+        return loss, torch.stack([policy_loss, value_loss, entropy]).tolist()
 
-        for p in self.params:
-            p.grad = None
-        loss.backward()
-        if not self.checked(loss):
-            return {"skipped_updates": 1.0}
-        return {"policy_loss": policy_loss.item(), "value_loss": value_loss.item(), "entropy": entropy.item()}
+    @torch.no_grad()
+    @np.errstate(all="ignore")  # a diverging run's overflow is reported once, by ``checked`` (NonFinite)
+    def _hand_loss(self, batch) -> tuple:
+        """``_loss`` without autograd (contrl/algos/hand.py): the same values, and every
+        parameter's ``.grad`` written by the network's ``backward_into``; the policy term's
+        derivative is d(-mean A log pi)/d log pi = -A/B."""
+        cfg, model = self.cfg, self.model
+        pi_t, values_t, cache = model.forward_cached(batch.obs)
+        values = values_t.numpy()
+        B = values.shape[0]
+        adv = batch.advantages.numpy()
+        if cfg.normalize_advantage and B > 1:
+            adv = hand.normalized(adv)
+        policy = hand.PolicyTerms(model, pi_t.numpy(), batch.actions)
+        policy_loss = -hand.mean(adv * policy.logp)
+        value_loss, g_values = hand.value_terms(values, batch.returns.numpy(), cfg.vf_coef)
+        g_pi, g_log_std = policy.grads(adv * np.float32(-1.0 / B), cfg.ent_coef)
+        model.backward_into(cache, g_pi, torch.from_numpy(g_values), g_log_std)
+        stats = float(policy_loss), float(value_loss), float(policy.entropy)
+        return stats[0] + cfg.vf_coef * stats[1] - cfg.ent_coef * stats[2], stats
