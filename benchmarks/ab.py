@@ -22,7 +22,7 @@ from pathlib import Path
 
 PPO = ["n_steps=256", "batch_size=256", "n_epochs=4", "gamma=0.999", "gae_lambda=0.98", "ent_coef=0.01"]
 A2C = ["n_steps=5", "gamma=0.995", "lr=8.3e-4", "ent_coef=1e-5", "optimizer=rmsprop"]
-RUNS = {  # name: (algo, --set values); LunarLander-v3, 8 envs in all
+RUNS = {  # name: (algo, --set values); LunarLander-v3, 8 envs in all but the presets
     "ppo sync": ("ppo", ["n_envs=8", "vec=inprocess", *PPO]),
     "a2c sync": ("a2c", ["n_envs=8", "vec=inprocess", *A2C]),
     "acer sync": ("acer", ["n_envs=8", "vec=inprocess"]),
@@ -31,6 +31,8 @@ RUNS = {  # name: (algo, --set values); LunarLander-v3, 8 envs in all
     "ppo ray": ("ppo", ["runner=ray", "workers=2", "n_envs=4", *PPO]),
     "a2c ray": ("a2c", ["runner=ray", "workers=2", "n_envs=4", *A2C]),
     "acer ray async": ("acer", ["runner=ray", "ray_pattern=async", "workers=2", "n_envs=4"]),
+    "a2c preset": ("a2c", []),  # the env's shipped preset as it is (LunarLander-v3: 4 envs, 256x256, Adam)
+    "acer preset": ("acer", []),
 }
 DEFAULT = ["ppo sync", "a2c sync", "acer sync", "a3c hogwild", "acer hogwild"]  # the Ray runs need "contrl[ray]"
 
