@@ -89,9 +89,13 @@ def test_acer_continuous_pendulum_reaches_minus_400(tmp_path):
 
 
 @pytest.mark.slow  # ~100 s; by default continuous A2C is checked by exactness only (test_async.py, Pendulum)
+@pytest.mark.xfail(strict=True, reason="the a2c Pendulum preset does not learn reliably: 1M-step finals over seeds 0-4 "
+                   "-1164, -597, -1090, -318, -470 (2da6c3d); seed 0 -584 already on e853aba (docs/benchmarks.md); "
+                   "a preset that passes is issue 16's item 3")
 def test_a2c_pendulum_learns(tmp_path):
-    """The a2c Pendulum preset (1M steps, ~100 s). Measured: -233 for seed 0 (-458 for seed 1);
-    an untrained policy scores about -1,100 to -1,500."""
+    """The a2c Pendulum preset (1M steps, ~100 s). Measured when the preset shipped: -233 for seed 0
+    (-458 for seed 1); an untrained policy scores about -1,100 to -1,500. Strict: passing again
+    fails the mark, so a fixed preset shows here."""
     agent = _train("a2c", "Pendulum-v1", 1_000_000, 0, tmp_path)
     assert agent.summary["final_eval"]["mean"] >= -400, agent.summary
 
