@@ -76,13 +76,8 @@ class A2C(Rule):
         parameter's ``.grad`` written by the network's ``backward_into``; the policy term's
         derivative is d(-mean A log pi)/d log pi = -A/B."""
         cfg, model = self.cfg, self.model
-        pi_t, values_t, cache = model.forward_cached(batch.obs)
-        values = values_t.numpy()
+        policy, values, adv, cache = hand.forward(model, batch, cfg.normalize_advantage)
         B = values.shape[0]
-        adv = batch.advantages.numpy()
-        if cfg.normalize_advantage and B > 1:
-            adv = hand.normalized(adv)
-        policy = hand.PolicyTerms(model, pi_t.numpy(), batch.actions)
         policy_loss = -hand.mean(adv * policy.logp)
         value_loss, g_values = hand.value_terms(values, batch.returns.numpy(), cfg.vf_coef)
         g_pi, g_log_std = policy.grads(adv * np.float32(-1.0 / B), cfg.ent_coef)

@@ -43,6 +43,17 @@ def normalized(adv: np.ndarray) -> np.ndarray:
     return centred / (np.sqrt(_sum(centred * centred) / (adv.size - 1)) + np.float32(1e-8))
 
 
+def forward(model, batch, normalize_advantage: bool) -> tuple:
+    """What both rules start from: the network run on the batch keeping what the backward needs;
+    returns (``PolicyTerms``, values, advantages (normalised if asked), cache), numpy float32."""
+    pi_t, values_t, cache = model.forward_cached(batch.obs)
+    values = values_t.numpy()
+    adv = batch.advantages.numpy()
+    if normalize_advantage and values.shape[0] > 1:
+        adv = normalized(adv)
+    return PolicyTerms(model, pi_t.numpy(), batch.actions), values, adv, cache
+
+
 class PolicyTerms:
     """log pi(a|s) per sample and the mean entropy from the policy head's output (numpy), and
     the derivatives of a loss that reads them: ``grads(g_logp, ent_coef)``."""

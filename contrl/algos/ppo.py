@@ -110,13 +110,8 @@ class PPO(Rule):
         - value, clipped (clip_range_vf): torch.max's choice between the two squares (a tie split
           evenly), the clipped one passing only where V - V_old is inside the range."""
         cfg, model = self.cfg, self.model
-        pi_t, values_t, cache = model.forward_cached(mb.obs)
-        values = values_t.numpy()
+        policy, values, adv, cache = hand.forward(model, mb, cfg.normalize_advantage)
         B = values.shape[0]
-        adv = mb.advantages.numpy()
-        if cfg.normalize_advantage and B > 1:
-            adv = hand.normalized(adv)
-        policy = hand.PolicyTerms(model, pi_t.numpy(), mb.actions)
         log_ratio = policy.logp - mb.logp.numpy()
         ratio = np.exp(log_ratio)
 
