@@ -4,14 +4,16 @@
     python benchmarks/update.py --algo ppo --env LunarLander-v3 --set batch_size=256
     python benchmarks/update.py --algo a2c --env LunarLander-v3 --env-kwargs continuous=true
     python benchmarks/update.py --algo ppo --env contrl/CartPoleNoVel-v1 --net lstm
+    python benchmarks/update.py --algo acer --env LunarLander-v3        # one ACER gradient + step
     python benchmarks/update.py --algo ppo --env HalfCheetah-v5 --autograd   # without the hand backward
 
 Builds the network and update rule exactly as ``contrl train ALGO --env ENV`` would (the preset
 the env id picks, ``--set`` on top), fills one rollout of the preset's size (n_steps x n_envs)
 with random observations, actions, rewards and episode ends, and times the rule's own
 ``update`` on it (PPO: every epoch's minibatches; A2C: its one gradient on the whole rollout),
-``--repeat`` times after a warm-up, in one torch thread. ACER's update (replay from its memory)
-is not covered here. Prints, per minibatch: the median wall-ms, the floating-point operations
+``--repeat`` times after a warm-up, in one torch thread; ACER: one gradient and step on the
+rollout as a segment of its memory (``gradients`` + ``step``: the on-policy update and every
+replayed one cost this), with a behaviour policy off the network's. Prints, per minibatch: the median wall-ms, the floating-point operations
 of forward + backward (3x the forward's multiply-adds x 2; Linear and LSTM layers, the first
 layer's input gradient included), this core's measured matmul speed (a [batch, 256] x [256, 256]
 product, the shape the 256x256 networks run), the time those FLOPs take at that speed, and the
@@ -97,6 +99,23 @@ def fill(rollout, act_space, rng: np.random.Generator) -> None:
     rollout.last_values.copy_(torch.from_numpy(rng.standard_normal(N).astype(np.float32)))
 
 
+def fill_behaviour(rollout, act_space, rng: np.random.Generator) -> None:
+    """What an ACER rollout keeps besides: a behaviour policy near the network's (discrete: random
+    logits; Box: mean N(0, 0.5), log-std -0.5), final observations, terminations (half the ends)."""
+    import gymnasium as gym
+
+    mu = rollout.mu.numpy()
+    if isinstance(act_space, gym.spaces.Discrete):
+        mu[:] = rng.normal(0.0, 0.5, mu.shape)
+    else:
+        half = mu.shape[-1] // 2
+        mu[..., :half] = rng.normal(0.0, 0.5, mu[..., :half].shape)
+        mu[..., half:] = -0.5
+    rollout.final_obs.copy_(torch.from_numpy(rng.standard_normal(rollout.final_obs.shape).astype(np.float32)))
+    rollout.terminated.copy_((rollout.dones > 0) & torch.from_numpy(rng.random(rollout.dones.shape) < 0.5))
+    rollout.obs_last.copy_(torch.from_numpy(rng.standard_normal(rollout.obs_last.shape).astype(np.float32)))
+
+
 def measure(algo: str, env: str, env_kwargs: dict, net: str | None, overrides: dict, repeat: int) -> dict:
     from contrl.agent import build_model
     from contrl.algos import make_rule
@@ -104,8 +123,6 @@ def measure(algo: str, env: str, env_kwargs: dict, net: str | None, overrides: d
     from contrl.envs.make import env_spaces
 
     cfg = build_config(algo, env, env_kwargs=env_kwargs, net=net, overrides=overrides)
-    if cfg.rule == "acer":
-        raise SystemExit("ACER's update replays from its memory; this benchmark covers ppo and a2c (and a3c's rule)")
     obs_space, act_space = env_spaces(cfg.env, cfg.env_kwargs)
     torch.manual_seed(0)
     model = build_model(cfg, obs_space, act_space)
@@ -127,12 +144,25 @@ def measure(algo: str, env: str, env_kwargs: dict, net: str | None, overrides: d
             yield mb
 
     rollout.minibatches = counted
+    update = lambda: rule.update(rollout, gen)  # noqa: E731
+    if cfg.rule == "acer":  # one gradient on a segment as the memory gives it (step 0-7), stepped
+        from contrl.storage.replay import Segment
+
+        fill_behaviour(rollout, act_space, np.random.default_rng(1))
+        seg = Segment.from_rollout(rollout)
+        batch = samples
+
+        def update():
+            served[0] += 1
+            if not rule.gradients(seg, gen).get("skipped_updates"):
+                rule.step()
+
     times = []
     for i in range(repeat + 2):  # 2 warm-up updates
         state = {k: v.clone() for k, v in model.state_dict().items()}
         served[0] = 0
         t0 = time.perf_counter()
-        rule.update(rollout, gen)
+        update()
         dt = time.perf_counter() - t0
         model.load_state_dict(state)  # the same weights every time (no drift into other regimes)
         if i >= 2:
@@ -148,15 +178,15 @@ def measure(algo: str, env: str, env_kwargs: dict, net: str | None, overrides: d
 
 
 def main() -> None:
-    p = run_parser(__doc__.split("\n\n")[0], ["ppo", "a2c", "a3c"])
+    p = run_parser(__doc__.split("\n\n")[0], ["ppo", "a2c", "a3c", "acer"])
     p.add_argument("--repeat", type=int, default=20, help="timed updates (after 2 warm-up ones)")
     p.add_argument("--autograd", action="store_true",
                    help="through autograd instead of the hand-written backward (the MLP's default)")
     a = p.parse_args()
     if a.autograd:
-        from contrl.algos import A2C, PPO
+        from contrl.algos import A2C, ACER, PPO
 
-        PPO.hand_backward = A2C.hand_backward = False
+        PPO.hand_backward = A2C.hand_backward = ACER.hand_backward = False
     env_kwargs, overrides = run_args(a)
     r = measure(a.algo, a.env, env_kwargs, a.net, overrides, a.repeat)
     seqs = f" (sequences of at most {r['seq_len']} steps)" if r["seq_len"] else ""

@@ -25,7 +25,7 @@ def test_retrace_targets_by_hand_on_a_three_step_segment():
     trunc[1, 2] = True
     v_final = torch.zeros(3, 3)
     v_final[1, 2] = 5.0
-    out = retrace(r, q_a, v, c, term, trunc, v_final, torch.full((3,), 2.0), g)
+    out = torch.from_numpy(retrace(r, q_a, v, c, term, trunc, v_final, torch.full((3,), 2.0), g))
     # column 0: Q2 = 3 + .9 * 2 = 4.8; carry = .3 (4.8 - 1.5) + 1.2 = 2.19
     #           Q1 = 2 + .9 * 2.19 = 3.971; carry = 1 (3.971 - 1) + .8 = 3.771; Q0 = 1 + .9 * 3.771
     # column 1: terminated at t=1: Q1 = 2; carry = 1 (2 - 1) + .8 = 1.8; Q0 = 1 + .9 * 1.8
@@ -124,8 +124,8 @@ def test_on_policy_acer_gradient_is_the_actor_critic_gradient(discrete):
             u = mean + std * torch.randn((rule.cfg.sdn_samples,) + mean.shape, generator=gen)
             q_a = model.v(pi, hv) + model.advantage(hv, flat_a) - model.advantage(hv, u).mean(0)
         values = model.v(pi, hv)
-        q_ret = retrace(seg.rewards, q_a.reshape(k, B), values.reshape(k, B), torch.ones(k, B), term, trunc,
-                        v_final, v_last, rule.cfg.gamma).reshape(n)
+        q_ret = torch.from_numpy(retrace(seg.rewards, q_a.reshape(k, B), values.reshape(k, B), torch.ones(k, B),
+                                         term, trunc, v_final, v_last, rule.cfg.gamma).reshape(n))
     dist = model.dist(pi)
     objective = (q_ret - values) * dist.log_prob(flat_a) + ent * dist.entropy()
     model.zero_grad()
@@ -285,3 +285,79 @@ def test_replay_keeps_raw_inputs_and_learns_with_the_statistics_of_now():
     loss_hand = rule.loss(by_hand, torch.Generator().manual_seed(1))[0]
     assert torch.allclose(loss_raw, loss_hand, atol=1e-6)
     assert not torch.allclose(loss_raw, rule.loss(seg, torch.Generator().manual_seed(1))[0], atol=1e-4)
+
+
+# -- the hand-written gradient (issue 17) against autograd's --------------------------------------
+def _hand_case(space, shared, activation, trust, on="probs", q_opc=None, k=6, B=4):
+    """A net, an ACER rule and an off-policy segment with a termination and a truncation."""
+    torch.manual_seed(0)
+    model = ACERNet(4, space, NetConfig(hidden=[16, 8], activation=activation, shared=shared))
+    cfg = ACERConfig(trust_region=trust, delta=0.05, trust_region_on=on, replay_ratio=0.0, c=2.0, q_coef=0.7,
+                     ent_coef=0.03, max_grad_norm=0.05, q_opc=q_opc, sdn_samples=3)
+    with torch.no_grad():  # a policy far from uniform (the head starts near 0), so every term has a gradient
+        model.body.pi_head.weight.mul_(50.0)
+    rule = ACER(model, cfg, B)
+    if rule.avg is not None:  # an average policy away from the policy, so the KL has a gradient
+        with torch.no_grad():
+            for p in rule.avg.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+    gen = torch.Generator().manual_seed(1)
+    obs = torch.randn(k + 1, B, 4, generator=gen)
+    with torch.no_grad():
+        pi, _ = model.features(obs[:k].reshape(k * B, 4))
+        d = model.dist(pi)
+        actions = d.sample(gen)
+        mu = d.params() + 0.5 * torch.randn(d.params().shape, generator=gen)  # behaviour != pi
+    actions = actions.reshape((k, B) + actions.shape[1:]).float()
+    term = torch.zeros(k, B, dtype=torch.bool)
+    trunc = torch.zeros(k, B, dtype=torch.bool)
+    term[2, 0] = trunc[3, 1] = trunc[k - 1, 2] = True
+    seg = Segment(obs, torch.randn(k, B, 4, generator=gen), actions, torch.randn(k, B, generator=gen), term, trunc,
+                  mu.reshape(k, B, -1))
+    return model, rule, seg
+
+
+def _grads_and_stats(rule, seg, hand_path):
+    ACER.hand_backward = hand_path
+    try:
+        stats = rule.gradients(seg, torch.Generator().manual_seed(7))
+    finally:
+        ACER.hand_backward = True
+    return [p.grad.clone() for p in rule.params], stats
+
+
+CASES = [(gym.spaces.Discrete(3), False, "tanh", True, "probs", None),
+         (gym.spaces.Discrete(3), True, "relu", True, "probs", None),
+         (gym.spaces.Discrete(3), False, "relu", True, "logits", None),
+         (gym.spaces.Discrete(3), True, "tanh", False, "logits", True),
+         (gym.spaces.Discrete(3), False, "relu", False, "probs", None),
+         (gym.spaces.Box(-1, 1, (2,)), False, "relu", True, "probs", None),
+         (gym.spaces.Box(-1, 1, (2,)), True, "tanh", True, "probs", False),
+         (gym.spaces.Box(-1, 1, (2,)), False, "tanh", False, "probs", None)]
+
+
+@pytest.mark.parametrize("space,shared,activation,trust,on,q_opc", CASES)
+def test_hand_gradient_is_autograds(space, shared, activation, trust, on, q_opc):
+    """ACER's update without autograd (``_hand_loss``) leaves the gradients and statistics of
+    ``loss().backward()``: categorical (trust region on the probabilities or the logits, or none;
+    Q_opc) and Gaussian (the SDN's critic, the bias correction's sampled action), shared and
+    separate torsos, ReLU and tanh, off-policy, with episode ends, clipped at 0.05 so the clip acts."""
+    model, rule, seg = _hand_case(space, shared, activation, trust, on, q_opc)
+    want, want_stats = _grads_and_stats(rule, seg, False)
+    got, got_stats = _grads_and_stats(rule, seg, True)
+    assert len(got) == len(want) and all(g is not None for g in got)
+    for name, g, w in zip([n for n, _ in model.named_parameters()], got, want):
+        assert torch.allclose(g, w, rtol=1e-4, atol=1e-6), name
+    for key, w in want_stats.items():
+        assert got_stats[key] == pytest.approx(w, rel=1e-4, abs=1e-6), key
+    if trust:
+        assert 0.0 < want_stats["trust_region_active"] <= 1.0  # the projection acts in these cases
+    assert want_stats["rho"] != pytest.approx(1.0)
+
+
+def test_hand_path_is_taken_by_mlp_nets_only():
+    from contrl.algos import hand
+    mlp = ACERNet(4, gym.spaces.Discrete(3), NetConfig())
+    lstm = ACERNet(4, gym.spaces.Discrete(3), NetConfig(type="lstm", hidden=[]))
+    rule = ACER(mlp, ACERConfig(replay_ratio=0.0), 1)
+    assert hand.takes_hand_path(rule, mlp) and not hand.takes_hand_path(rule, lstm)

@@ -20,7 +20,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from contrl.config import NetConfig
-from contrl.nets.actor_critic import ActorCritic, _plan, _run, init_orthogonal, mlp
+from contrl.nets.actor_critic import (_ACT_BACKWARD, _ACT_INPLACE, ActorCritic, _back, _grad_buffer, _linear_back, _plan,
+                                      _run, _run_keep, init_orthogonal, mlp)
 from contrl.nets.recurrent import RecurrentActorCritic
 
 
@@ -29,6 +30,7 @@ class ACERNet(nn.Module):
         super().__init__()
         self.body = (RecurrentActorCritic if cfg.type == "lstm" else ActorCritic)(obs_dim, action_space, cfg)
         self.recurrent, self.state_size = self.body.recurrent, self.body.state_size
+        self.hand_backward = not self.recurrent  # ACER's update without autograd (the MLP torso's backward)
         self.discrete, self.obs_dim, self.act_shape = self.body.discrete, obs_dim, self.body.act_shape
         act_dim = self.act_dim = self.body.act_dim
         width = self.body.feature_dim
@@ -76,9 +78,59 @@ class ACERNet(nn.Module):
         return F.linear(hv, self.body.v_head.weight, self.body.v_head.bias).squeeze(-1)
 
     def advantage(self, hv: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """Continuous: A(s, a) for actions ``[..., B, A]`` (any leading sample dims) -> ``[..., B]``."""
-        x = torch.cat([hv.expand(actions.shape[:-1] + hv.shape[-1:]), actions], -1)
-        return F.linear(_run(self._adv_plan, x), self.adv_head.weight, self.adv_head.bias).squeeze(-1)
+        """Continuous: A(s, a) for actions ``[..., B, A]`` (any leading sample dims) -> ``[..., B]``.
+        The first layer on (features, action) is W_h hv + W_a a + b: the features' product is taken
+        once per state, not once per sampled action (the SDN's mean over u_i reads S actions per state)."""
+        lin, act = self._adv_plan[0]
+        width = hv.shape[-1]
+        z = F.linear(hv, lin.weight[:, :width], lin.bias) + F.linear(actions, lin.weight[:, width:])
+        return F.linear(_run(self._adv_plan[1:], act(z)), self.adv_head.weight, self.adv_head.bias).squeeze(-1)
+
+    # -- forward and backward by hand (issue 17; an MLP torso): see ActorCritic.features_cached
+    def features_cached(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+        return self.body.features_cached(obs)
+
+    def features_backward(self, cache: tuple, g_pi: torch.Tensor, g_hv: torch.Tensor,
+                          g_log_std: torch.Tensor | None = None) -> None:
+        self.body.features_backward(cache, g_pi, g_hv, g_log_std)
+
+    def policy_out(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.body.policy_out(obs)
+
+    def q_backward(self, g_q: torch.Tensor, hv: torch.Tensor) -> torch.Tensor:
+        """Discrete: the Q head's ``.grad`` from dL/dQ(s, .) ``[B, A]``; returns dL/d(critic features)."""
+        return _linear_back(self.q_head, g_q, hv)
+
+    def v_backward(self, g_v: torch.Tensor, hv: torch.Tensor) -> torch.Tensor:
+        """Continuous: the value head's ``.grad`` from dL/dV ``[B]``; returns dL/d(critic features)."""
+        return _linear_back(self.body.v_head, g_v.unsqueeze(1), hv)
+
+    def advantage_cached(self, hv: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+        """``advantage`` without autograd (``actions`` ``[S, B, A]``), and what ``advantage_backward`` needs."""
+        lin, act = self._adv_plan[0]
+        width = hv.shape[-1]
+        with torch.no_grad():
+            z = torch.add(F.linear(actions, lin.weight[:, width:]), F.linear(hv, lin.weight[:, :width], lin.bias))
+            hs = _run_keep(self._adv_plan[1:], _ACT_INPLACE[act](z).reshape(-1, z.shape[-1]))
+            out = F.linear(hs[-1], self.adv_head.weight, self.adv_head.bias)
+        return out.reshape(actions.shape[:-1]), (hs, hv, actions)
+
+    def advantage_backward(self, cache: tuple, g_adv: torch.Tensor) -> torch.Tensor:
+        """The advantage MLP's ``.grad`` from dL/dA ``[S, B]`` (the shape ``advantage_cached``
+        returned); returns dL/d(critic features) ``[B, width]``, summed over the S actions per state."""
+        hs, hv, actions = cache
+        lin, act = self._adv_plan[0]
+        width = hv.shape[-1]
+        with torch.no_grad():
+            g = _linear_back(self.adv_head, g_adv.reshape(-1, 1), hs[-1])
+            g = _back(self._adv_plan[1:], hs, g, need_input=True)  # (no layers after the first: g itself)
+            g_z = _ACT_BACKWARD[act](g, hs[0]).reshape(actions.shape[:-1] + (-1,))  # [S, B, H]
+            g_zs = g_z.sum(0)  # the features' part of every sample of a state, summed
+            w_grad = _grad_buffer(lin.weight)
+            torch.mm(g_zs.t(), hv, out=w_grad[:, :width])
+            torch.mm(g_z.reshape(-1, g_z.shape[-1]).t(), actions.reshape(-1, actions.shape[-1]), out=w_grad[:, width:])
+            torch.sum(g_zs, 0, out=_grad_buffer(lin.bias))
+            return torch.mm(g_zs, lin.weight[:, :width])
 
     # -- the interface every network shares ------------------------------------------------------
     def initial_state(self, n: int) -> torch.Tensor:

@@ -65,13 +65,14 @@ def _linear_back(lin: nn.Linear, g: torch.Tensor, x: torch.Tensor, need_input: b
     return torch.mm(g, lin.weight) if need_input else None
 
 
-def _back(plan: list, hs: list[torch.Tensor], g: torch.Tensor) -> None:
+def _back(plan: list, hs: list[torch.Tensor], g: torch.Tensor, need_input: bool = False):
     """Back through an mlp() run by ``_run_keep`` (``hs``), dL/d(its output) ``g``: every layer's
-    weight and bias gradient into its ``.grad``."""
+    weight and bias gradient into its ``.grad``; returns dL/d(its input) if ``need_input``."""
     for k in range(len(plan) - 1, -1, -1):
         lin, act = plan[k]
         g = _ACT_BACKWARD[act](g, hs[k + 1])
-        g = _linear_back(lin, g, hs[k], need_input=k > 0)
+        g = _linear_back(lin, g, hs[k], need_input=need_input or k > 0)
+    return g
 
 
 _ACT_INPLACE = {torch.relu: torch.relu_, torch.tanh: torch.tanh_}
@@ -223,28 +224,48 @@ class ActorCritic(nn.Module):
     # with the same matmuls autograd would run (tests/test_ppo.py compares with autograd).
     def forward_cached(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple]:
         """``forward`` without autograd: (distribution parameters, values, what ``backward_into`` needs)."""
+        pi_out, hv, cache = self.features_cached(obs)
         with torch.no_grad():
-            hs = _run_keep(self._pi_plan, obs)
-            hvs = hs if self._v_plan is None else _run_keep(self._v_plan, obs)
-            pi_out = F.linear(hs[-1], self.pi_head.weight, self.pi_head.bias)
-            values = F.linear(hvs[-1], self.v_head.weight, self.v_head.bias).squeeze(-1)
-        return pi_out, values, (hs, hvs)
+            values = F.linear(hv, self.v_head.weight, self.v_head.bias).squeeze(-1)
+        return pi_out, values, cache
 
     def backward_into(self, cache: tuple, g_pi: torch.Tensor, g_values: torch.Tensor,
                       g_log_std: torch.Tensor | None = None) -> None:
         """Every parameter's ``.grad`` (overwritten, not accumulated) from dL/d(distribution
         parameters) ``[B, A]``, dL/d(values) ``[B]`` and, for a Gaussian head, dL/d(log-std) ``[A]``."""
+        with torch.no_grad():
+            g_hv = _linear_back(self.v_head, g_values.unsqueeze(1), cache[1][-1])
+        self.features_backward(cache, g_pi, g_hv, g_log_std)
+
+    def features_cached(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+        """``features`` without autograd: (distribution parameters, critic features, what
+        ``features_backward`` needs: every torso layer's output)."""
+        with torch.no_grad():
+            hs = _run_keep(self._pi_plan, obs)
+            hvs = hs if self._v_plan is None else _run_keep(self._v_plan, obs)
+            pi_out = F.linear(hs[-1], self.pi_head.weight, self.pi_head.bias)
+        return pi_out, hvs[-1], (hs, hvs)
+
+    def features_backward(self, cache: tuple, g_pi: torch.Tensor, g_hv: torch.Tensor,
+                          g_log_std: torch.Tensor | None = None) -> None:
+        """The torsos' and the policy head's ``.grad`` (and log-std's) from dL/d(distribution
+        parameters) ``[B, A]`` and dL/d(critic features) ``[B, width]`` (what the heads on them
+        pass back). ``cache`` may keep only the first B rows of a ``features_cached`` (each
+        layer's output sliced ``[:B]``)."""
         hs, hvs = cache
         with torch.no_grad():
             g = _linear_back(self.pi_head, g_pi, hs[-1])  # an mlp() torso has at least one layer
-            gv = _linear_back(self.v_head, g_values.unsqueeze(1), hvs[-1])
             if self._v_plan is None:  # one torso: both heads' gradients flow into it
-                _back(self._pi_plan, hs, g.add_(gv))
+                _back(self._pi_plan, hs, g.add_(g_hv))
             else:
                 _back(self._pi_plan, hs, g)
-                _back(self._v_plan, hvs, gv)
+                _back(self._v_plan, hvs, g_hv)
             if self.log_std is not None:
                 self.log_std.grad = g_log_std
+
+    def policy_out(self, obs: torch.Tensor) -> torch.Tensor:
+        """The distribution parameters alone (the actor's torso and head; no critic)."""
+        return F.linear(_run(self._pi_plan, obs), self.pi_head.weight, self.pi_head.bias)
 
     # -- the recurrent interface, with no state ---------------------------------------------
     def initial_state(self, n: int) -> torch.Tensor:
