@@ -2,6 +2,7 @@
 
     python benchmarks/ab.py --a /path/to/before/.venv/bin/python --b .venv/bin/python --repeat 3
     python benchmarks/ab.py --a ... --b ... --runs "ppo sync" "a3c hogwild" --steps 200000
+    python benchmarks/ab.py --a ... --b ... --runs "acer preset" --env-kwargs continuous=true
 
 For a change that must not cost speed (a refactor, a guard): every run is `contrl train` in a
 subprocess of the given Python, started from an empty folder (so the installed contrl is the
@@ -37,9 +38,10 @@ RUNS = {  # name: (algo, --set values); LunarLander-v3, 8 envs in all but the pr
 DEFAULT = ["ppo sync", "a2c sync", "acer sync", "a3c hogwild", "acer hogwild"]  # the Ray runs need "contrl[ray]"
 
 
-def steady(python: str, algo: str, values: list[str], env: str, steps: int) -> float:
+def steady(python: str, algo: str, values: list[str], env: str, steps: int, env_kwargs: list[str] = ()) -> float:
     with tempfile.TemporaryDirectory() as d:
         cmd = [python, "-m", "contrl", "train", algo, "--env", env, "--steps", str(steps), "--seed", "0",
+               *(["--env-kwargs", *env_kwargs] if env_kwargs else []),
                "--out", "run", "--no-tensorboard", "--quiet", "--set", "eval_every=1000000000", "eval_episodes=1",
                "final_eval_episodes=0", *values]
         subprocess.run(cmd, cwd=d, check=True, capture_output=True, text=True)
@@ -55,6 +57,7 @@ def main() -> None:
     ap.add_argument("--b", required=True, help="Python of installation B (after)")
     ap.add_argument("--runs", nargs="+", default=DEFAULT, choices=list(RUNS))
     ap.add_argument("--env", default="LunarLander-v3")
+    ap.add_argument("--env-kwargs", nargs="+", default=[], metavar="KEY=VALUE", help="e.g. continuous=true")
     ap.add_argument("--steps", type=int, default=100_000)
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
@@ -63,7 +66,7 @@ def main() -> None:
         algo, values = RUNS[name]
         for i in range(args.repeat):
             for side in ("a", "b") if i % 2 == 0 else ("b", "a"):
-                sps = steady(getattr(args, side), algo, values, args.env, args.steps)
+                sps = steady(getattr(args, side), algo, values, args.env, args.steps, args.env_kwargs)
                 got.setdefault((name, side), []).append(sps)
                 print(f"{name} {side.upper()} #{i}: {sps:,.0f} steps/s", flush=True)
     print(f"\n| run | A steps/s (median of {args.repeat}) | B steps/s | B / A | B / A, median of the pairs |")

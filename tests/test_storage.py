@@ -198,20 +198,27 @@ def test_segment_forward_with_an_lstm_equals_acting(env, env_kwargs, net):
     assert torch.allclose(v_final[trunc], rollout.trunc_values[trunc], **tol)
 
 
+@pytest.mark.parametrize("algo", ["ppo", "acer"])
 @pytest.mark.parametrize("env,env_kwargs", [("CartPole-v1", {}), ("Pendulum-v1", {"max_episode_steps": 23})])
-def test_numpy_acting_fills_the_rollout_as_torch_acting(env, env_kwargs, monkeypatch):
+def test_numpy_acting_fills_the_rollout_as_torch_acting(algo, env, env_kwargs, monkeypatch):
     """collect() with an MLP acts through numpy: the rollout it fills (obs, actions, log-probs,
-    values, rewards, dones, truncation values, last values) equals the torch path's, to float32
+    values, rewards, dones, truncation values, last values; ACER's also the behaviour policy, raw
+    observations, final observations, terminations) equals the torch path's, to float32
     rounding, with the same generator -- the same discrete actions, so the same episodes."""
     from contrl.envs.normalize import ObsNormalizer, RewardScaler
+    from contrl.nets.acer import ACERNet
     from contrl.nets.actor_critic import ActorCritic
 
-    cfg = build_config("ppo", env, env_kwargs=env_kwargs, overrides={"n_envs": 3, "n_steps": 64, "batch_size": 64})
+    extra = {"batch_size": 64} if algo == "ppo" else {}
+    cfg = build_config(algo, env, env_kwargs=env_kwargs, overrides={"n_envs": 3, "n_steps": 64, **extra})
 
     def run():
         torch.manual_seed(0)
         venv = VecEnv(cfg.env, cfg.env_kwargs, [0, 1, 2])
         model = build_model(cfg, venv.observation_space, venv.action_space)
+        if not model.discrete:  # a log-std the behaviour policy must carry (not its initial 0)
+            with torch.no_grad():
+                model.log_std.fill_(-0.7)
         agent = Agent(cfg, model, venv.observation_space, venv.action_space, ObsNormalizer(venv.obs_dim, 10.0))
         rollout = make_rule(cfg, model, 3).new_rollout(3)
         gen, scaler = torch.Generator().manual_seed(0), RewardScaler(3, 0.99)
@@ -227,10 +234,14 @@ def test_numpy_acting_fills_the_rollout_as_torch_acting(env, env_kwargs, monkeyp
     monkeypatch.setattr(acting.NumpySampler, "__call__", lambda *a: calls.append(1) or real(*a))
     fast = run()
     assert len(calls) == 128  # every step acted through numpy
-    monkeypatch.delattr(ActorCritic, "numpy_forward")
+    monkeypatch.delattr(ACERNet if algo == "acer" else ActorCritic, "numpy_forward")
     slow = run()
     assert fast.dones.sum() >= 2
-    for name in ("obs", "actions", "logp", "values", "rewards", "dones", "trunc_values", "last_values"):
+    names = ["obs", "actions", "logp", "values", "rewards", "dones", "trunc_values", "last_values"]
+    if algo == "acer":
+        names += ["mu", "final_obs", "terminated", "obs_last"]
+        assert fast.final_obs.abs().sum() > 0
+    for name in names:
         assert torch.allclose(getattr(fast, name), getattr(slow, name), atol=1e-4, rtol=1e-4), name
     if env == "CartPole-v1":
         assert torch.equal(fast.actions, slow.actions)

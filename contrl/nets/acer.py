@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 import gymnasium as gym
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -131,6 +132,22 @@ class ACERNet(nn.Module):
             torch.mm(g_z.reshape(-1, g_z.shape[-1]).t(), actions.reshape(-1, actions.shape[-1]), out=w_grad[:, width:])
             torch.sum(g_zs, 0, out=_grad_buffer(lin.bias))
             return torch.mm(g_zs, lin.weight[:, :width])
+
+    def numpy_forward(self):
+        """Acting through numpy as ``ActorCritic.numpy_forward`` (None for an LSTM torso): obs ->
+        (distribution parameters, V), V = sum_a pi(a|s) Q(s, a) for discrete actions."""
+        if self.recurrent:
+            return None
+        if not self.discrete:
+            return self.body.numpy_forward()
+        features = self.body.numpy_forward(critic_head=self.q_head)
+
+        def forward(obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            pi, q = features(obs)
+            e = np.exp(pi - pi.max(-1, keepdims=True))
+            return pi, np.add.reduce(e * q, -1) / np.add.reduce(e, -1)
+
+        return forward
 
     # -- the interface every network shares ------------------------------------------------------
     def initial_state(self, n: int) -> torch.Tensor:

@@ -179,23 +179,26 @@ class ActorCritic(nn.Module):
         h = _run(self._pi_plan if self._v_plan is None else self._v_plan, obs)
         return F.linear(h, self.v_head.weight, self.v_head.bias).squeeze(-1)
 
-    def numpy_forward(self):
+    def numpy_forward(self, critic_head: nn.Linear | None = None):
         """``forward`` for acting, on numpy observations ``[n, D]`` float32 -> (distribution
         parameters ``[n, A]``, values ``[n]``) as numpy float32: the same layers through numpy's
         BLAS, without torch's per-operation dispatch -- at the acting loop's batches of 1-16
         observations a third of torch's time (issue 17). It reads most weights through numpy views
         of the parameters, but the first layers of separate actor and critic torsos are copied side
         by side (one matmul for both): build a new one after the parameters change (``collect``
-        builds one per rollout). Equal to ``forward`` to float32 rounding (tested)."""
+        builds one per rollout). Equal to ``forward`` to float32 rounding (tested). ``critic_head``:
+        another layer on the critic's features in place of the value head (ACER's Q head), whose
+        whole output ``[n, C]`` then comes back instead of the values."""
         pi, v = _np_plan(self._pi_plan), None if self._v_plan is None else _np_plan(self._v_plan)
-        head_pi, head_v = [_np_layer(self.pi_head)], [_np_layer(self.v_head)]
+        head_pi, head_v = [_np_layer(self.pi_head)], [_np_layer(critic_head or self.v_head)]
+        col = 0 if critic_head is None else slice(None)  # the value column, or all of them
         if v is None:
             def forward(obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                 if obs.shape[0] > _COLUMNS_UP_TO:
                     h = _run_rows(pi, obs)
-                    return _run_rows(head_pi, h), _run_rows(head_v, h)[:, 0]
+                    return _run_rows(head_pi, h), _run_rows(head_v, h)[:, col]
                 ht = _run_cols(pi, obs.T)
-                return _run_cols(head_pi, ht).T, _run_cols(head_v, ht)[0]
+                return _run_cols(head_pi, ht).T, _run_cols(head_v, ht)[col].T
 
             return forward
         # the two torsos' first layers read the same observations: one layer of both stacked
@@ -209,10 +212,10 @@ class ActorCritic(nn.Module):
             if obs.shape[0] > _COLUMNS_UP_TO:
                 h0 = _run_rows(first, obs)
                 h, hv = _run_rows(pi, h0[:, :width]), _run_rows(v, h0[:, width:])
-                return _run_rows(head_pi, h), _run_rows(head_v, hv)[:, 0]
+                return _run_rows(head_pi, h), _run_rows(head_v, hv)[:, col]
             h0t = _run_cols(first, obs.T)
             ht, hvt = _run_cols(pi, h0t[:width]), _run_cols(v, h0t[width:])
-            return _run_cols(head_pi, ht).T, _run_cols(head_v, hvt)[0]
+            return _run_cols(head_pi, ht).T, _run_cols(head_v, hvt)[col].T
 
         return forward
 

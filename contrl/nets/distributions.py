@@ -114,6 +114,14 @@ class NumpySampler:
             buf = self._noise[shape] = (t, t.numpy())
         return buf
 
+    def params(self, pi_out: np.ndarray) -> np.ndarray:
+        """What ``dist(pi_out).params()`` gives (ACER's stored behaviour policy): the normalised
+        log-probs, or the mean and log-std side by side."""
+        if self.log_std is None:
+            m = pi_out.max(-1, keepdims=True)
+            return pi_out - (m + np.log(np.exp(pi_out - m).sum(-1, keepdims=True)))
+        return np.concatenate([pi_out, np.broadcast_to(self.log_std, pi_out.shape)], -1)
+
     def __call__(self, pi_out: np.ndarray, generator: torch.Generator | None) -> tuple[np.ndarray, np.ndarray]:
         # torch.rand / torch.randn are uniform_ / normal_ on a new tensor: drawing into a kept one
         # takes the same numbers from the generator without allocating (and freeing) a tensor per step

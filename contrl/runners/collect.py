@@ -2,7 +2,7 @@
 (a copy of the learner away from it: a Hogwild worker process, a Ray actor).
 
 Per step: normalise the N observations, one batched forward in inference mode (an MLP's in numpy,
-``numpy_forward``: the same layers without torch's per-operation cost), sample from the run's
+``numpy_forward``, ACER's too: the same layers without torch's per-operation cost), sample from the run's
 generator, step the vector env with env-ready actions, and write obs, action, log-prob,
 value, (optionally scaled) reward and done into the preallocated rollout. A rollout for replay
 (ACER's) keeps the raw observations and rewards instead: the rule normalises them with the
@@ -53,13 +53,13 @@ def collect(agent, venv: VecEnv, rollout: Rollout, generator: torch.Generator,
     skip = agent.config.nan_policy == "skip_update"
     raw = rollout.mu is not None  # ACER: raw observations and rewards, for replay
     rewards_np, dones_np = rollout.rewards.numpy(), rollout.dones.numpy()  # views: cheap writes
-    # an MLP acts through numpy (the same layers and noise, a third of torch's per-step cost);
-    # ACER's rollouts keep the behaviour policy from the torch distribution
-    fast = model.numpy_forward() if hasattr(model, "numpy_forward") and rollout.mu is None else None
+    # an MLP acts through numpy (the same layers and noise, a third of torch's per-step cost)
+    fast = model.numpy_forward() if hasattr(model, "numpy_forward") else None
     if fast is not None:
         sample = NumpySampler(None if model.discrete else model.log_std.detach().numpy())
         obs_np, actions_np = rollout.obs.numpy(), rollout.actions.numpy()
         logp_np, values_np = rollout.logp.numpy(), rollout.values.numpy()
+        mu_np = rollout.mu.numpy() if rollout.mu is not None else None
     rollout.trunc_values.zero_()
     rollout.nonfinite = ""
     episodes: list = []
@@ -71,6 +71,8 @@ def collect(agent, venv: VecEnv, rollout: Rollout, generator: torch.Generator,
             obs_t = agent.normalize(obs, update_stats)
             pi_out, value = fast(obs_t)
             action, logp = sample(pi_out, generator)
+            if mu_np is not None:  # ACER's replay: the behaviour policy
+                mu_np[t] = sample.params(pi_out)
             h_next = h
         else:
             obs_t = agent.preprocess(obs, update_stats=update_stats)
@@ -97,7 +99,9 @@ def collect(agent, venv: VecEnv, rollout: Rollout, generator: torch.Generator,
                                           ("final observation", res.final_obs)], skip)
         rewards = scaler(res.rewards, done) if scaler is not None else res.rewards
         if raw:  # replay normalises and scales when it learns (ReplayInputs)
-            obs_t, rewards = torch.from_numpy(np.asarray(obs, np.float32).reshape(venv.n, -1)), res.rewards
+            obs_t, rewards = np.asarray(obs, np.float32).reshape(venv.n, -1), res.rewards
+            if fast is None:
+                obs_t = torch.from_numpy(obs_t)
         if fast is not None:
             obs_np[t], actions_np[t], logp_np[t], values_np[t] = obs_t, action, logp, value
         else:
