@@ -50,3 +50,20 @@ def test_no_energy_without_power_watts(tmp_path):
                   overrides={"n_envs": 2, "n_steps": 512, "batch_size": 256, "n_epochs": 1, "eval_episodes": 1,
                              "final_eval_episodes": 0})
     assert "energy_wh" not in agent.summary and "power_watts" not in agent.summary
+
+
+def test_a_run_holds_numpys_blas_to_its_threads(tmp_path):
+    """numpy's OpenBLAS splits the acting loop's larger products across every core; with the other
+    core busy that made ACER act 5x slower. A run holds the BLAS numpy calls to ``threads``, as torch."""
+    import torch
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas_threads():
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    threadpool_limits(limits=2, user_api="blas")  # what a 2-core machine starts with
+    torch.set_num_threads(2)
+    assert blas_threads() and blas_threads() != {1}
+    train("ppo", "CartPole-v1", steps=256, seed=0, out=tmp_path / "run", quiet=True, tensorboard=False,
+          overrides={"n_envs": 1, "n_steps": 128, "batch_size": 64, "final_eval_episodes": 0})
+    assert blas_threads() == {1} and torch.get_num_threads() == 1

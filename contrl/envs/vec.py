@@ -169,9 +169,9 @@ def _worker(conn, env: str, env_kwargs: dict, seeds: list[int], first: int) -> N
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     one_line_warnings()
     try:
-        import torch
+        from contrl.threads import set_threads
 
-        torch.set_num_threads(1)
+        set_threads(1)
         slots = [EnvSlot(make_env(env, env_kwargs), s, env, first + i) for i, s in enumerate(seeds)]
         conn.send(("ok", [s.obs for s in slots]))
         while True:

@@ -36,6 +36,7 @@ from contrl.errors import Fault, NonFinite, one_line_warnings
 from contrl.record.logger import StatsWindow
 from contrl.runners.collect import Worker, episode_rows
 from contrl.runners.loop import Envs, Restarts
+from contrl.threads import set_threads
 
 SEND_EVERY_S = 0.5  # how often a worker reports its statistics and episodes
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}  # the coordinator's to handle: workers ignore them
@@ -47,7 +48,7 @@ def _worker(idx: int, launch: dict, cfg_json: str, rule, counters: torch.Tensor,
         signal.signal(s, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     one_line_warnings()
-    torch.set_num_threads(threads)
+    set_threads(threads)
     step, n = base_step, len(launch["env_seeds"])
     try:
         cfg = config_from_dict(json.loads(cfg_json))

@@ -33,6 +33,7 @@ from contrl.errors import ContrlError, Fault, Interrupted, NonFinite, checkpoint
 from contrl.record.checkpoint import load_checkpoint, save_checkpoint
 from contrl.record.compute import ComputeMeter
 from contrl.record.logger import Logger, StatsWindow
+from contrl.threads import set_threads
 
 NOTHING = ({}, 0, 0)  # an iteration without statistics, steps or updates
 
@@ -139,7 +140,7 @@ class Trainer:
 
     def run(self) -> tuple[Agent, dict]:
         cfg = self.cfg
-        torch.set_num_threads(cfg.threads)
+        set_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         self.step, self.envs = 0, None
         try:

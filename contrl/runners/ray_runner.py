@@ -39,6 +39,7 @@ from contrl.errors import ContrlError, Fault
 from contrl.runners.collect import Worker, episode_rows
 from contrl.runners.local import LocalEnvs
 from contrl.runners.loop import Envs, Restarts
+from contrl.threads import set_threads
 
 STEP_FIELDS = ("obs", "actions", "logp", "values", "rewards", "dones", "trunc_values", "states",
                "mu", "final_obs", "terminated")  # [T, n, ...]
@@ -86,7 +87,7 @@ class EnvActor:
         scaled here); else the synchronous pattern's, which returns rollouts."""
         import ray
 
-        torch.set_num_threads(threads)
+        set_threads(threads)
         cfg = config_from_dict(json.loads(cfg_json))
         # a restarted actor says so in its next result (it may have died between two requests)
         self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
