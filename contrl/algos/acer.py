@@ -27,6 +27,9 @@ in turn). Each update (``gradients``, then ``step``) reads top to bottom:
    V + min(1, rho)(Q_ret - Q~(s, a)).
 7. Gradient-norm clipping, the optimiser step, then the average network moves towards the
    network: theta_avg = avg_decay * theta_avg + (1 - avg_decay) * theta.
+
+Steps 1-6 are ``loss`` (autograd) or, on an MLP torso, ``_hand_loss``: the same derivatives
+written out in numpy and the network back-propagated by hand (issue 17; tested against ``loss``).
 """
 
 from __future__ import annotations
