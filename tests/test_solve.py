@@ -15,7 +15,7 @@ CONTINUOUS = {"continuous": True}
 
 @pytest.mark.slow
 @pytest.mark.parametrize("algo, env_kwargs", [("ppo", None), ("ppo", CONTINUOUS), ("a2c", None), ("a2c", CONTINUOUS),
-                                              ("a3c", CONTINUOUS), ("acer", None), ("acer", CONTINUOUS)])
+                                              ("a3c", None), ("a3c", CONTINUOUS), ("acer", None), ("acer", CONTINUOUS)])
 def test_lunarlander_preset_solves(tmp_path, algo, env_kwargs):
     agent = train(algo, "LunarLander-v3", seed=0, env_kwargs=env_kwargs, out=tmp_path / "run", quiet=True,
                   tensorboard=False, overrides={"eval_every": 10**9})
