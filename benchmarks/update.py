@@ -13,11 +13,13 @@ with random observations, actions, rewards and episode ends, and times the rule'
 ``update`` on it (PPO: every epoch's minibatches; A2C: its one gradient on the whole rollout),
 ``--repeat`` times after a warm-up, in one torch thread; ACER: one gradient and step on the
 rollout as a segment of its memory (``gradients`` + ``step``: the on-policy update and every
-replayed one cost this), with a behaviour policy off the network's. Prints, per minibatch: the median wall-ms, the floating-point operations
-of forward + backward (3x the forward's multiply-adds x 2; Linear and LSTM layers, the first
-layer's input gradient included), this core's measured matmul speed (a [batch, 256] x [256, 256]
-product, the shape the 256x256 networks run), the time those FLOPs take at that speed, and the
-ratio (issue 17's goal: <= 2x for the 256x256 preset networks).
+replayed one cost this), with a behaviour policy off the network's. Prints, per minibatch: the
+median wall-ms, the floating-point operations of forward + backward (3x the forward's
+multiply-adds x 2; Linear and LSTM layers, the first layer's input gradient included), this
+core's measured matmul speed (a [batch, 256] x [256, 256] product, the shape the 256x256
+networks run), the time those FLOPs take at that speed, and the ratio (issue 17's goal: <= 2x
+for the 256x256 preset networks; approximate for ACER, whose average network and SDN samples
+it does not count).
 """
 
 from __future__ import annotations

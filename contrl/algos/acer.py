@@ -384,8 +384,8 @@ class ACER(Rule):
             w2 = np.maximum(np.float32(1.0) - c / rho_new, np.float32(0.0)) * (q_new - values)
             ent = np.full(n, _sum(s_np + np.float32(0.5 * (1.0 + _LOG_2PI))), np.float32)
             objective = w1 * logp + w2 * logp_new + np.float32(cfg.ent_coef) * ent
-            g = np.concatenate([(w1[:, None] * z1 + w2[:, None] * z2) * inv_std,
-                                w1[:, None] * (z1 * z1 - 1) + w2[:, None] * (z2 * z2 - 1) + np.float32(cfg.ent_coef)], -1)
+            g_log_sigma = w1[:, None] * (z1 * z1 - 1) + w2[:, None] * (z2 * z2 - 1) + np.float32(cfg.ent_coef)
+            g = np.concatenate([(w1[:, None] * z1 + w2[:, None] * z2) * inv_std, g_log_sigma], -1)
             kgrad = None
             if avg_pi is not None:
                 avg_s = self.avg.log_std.detach().numpy()

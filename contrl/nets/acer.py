@@ -21,8 +21,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from contrl.config import NetConfig
-from contrl.nets.actor_critic import (_ACT_BACKWARD, _ACT_INPLACE, ActorCritic, _back, _grad_buffer, _linear_back, _plan,
-                                      _run, _run_keep, init_orthogonal, mlp)
+from contrl.nets.actor_critic import (_ACT_BACKWARD, _ACT_INPLACE, ActorCritic, _back, _grad_buffer, _linear_back,
+                                      _plan, _run, _run_keep, init_orthogonal, mlp)
 from contrl.nets.recurrent import RecurrentActorCritic
 
 
