@@ -79,6 +79,19 @@ def test_truncated_weight_and_bias_correction_by_hand(on):
     assert stats["rho"] == pytest.approx(float(rho[0]), rel=1e-5)
 
 
+def _acted(model, k, B, gen, off_policy=0.0):
+    """k + 1 steps of B random observations, the network's sampled actions on the first k, and the
+    behaviour policy's parameters ``[k, B, .]``: the network's own, plus N(0, off_policy) noise."""
+    obs = torch.randn(k + 1, B, 4, generator=gen)
+    with torch.no_grad():
+        d = model.dist(model.features(obs[:k].reshape(k * B, 4))[0])
+        actions = d.sample(gen)
+        mu = d.params()
+        if off_policy:
+            mu = mu + off_policy * torch.randn(mu.shape, generator=gen)
+    return obs, actions.reshape((k, B) + actions.shape[1:]).float(), mu.reshape(k, B, -1)
+
+
 @pytest.mark.parametrize("discrete", [True, False])
 def test_on_policy_acer_gradient_is_the_actor_critic_gradient(discrete):
     """mu = pi: every rho is 1, so min(c, rho) = 1 and the bias correction [1 - c/rho]_+ = 0; the
@@ -90,13 +103,7 @@ def test_on_policy_acer_gradient_is_the_actor_critic_gradient(discrete):
     k, B, ent = 5, 3, 0.01
     rule = ACER(model, _cfg(ent_coef=ent), B)
     gen = torch.Generator().manual_seed(0)
-    obs = torch.randn(k + 1, B, 4, generator=gen)
-    with torch.no_grad():
-        pi, hv = model.features(obs[:k].reshape(k * B, 4))
-        d = model.dist(pi)
-        actions = d.sample(gen)
-        mu = d.params().reshape(k, B, -1)
-    actions = actions.reshape((k, B) + actions.shape[1:]).float()
+    obs, actions, mu = _acted(model, k, B, gen)
     term = torch.zeros(k, B, dtype=torch.bool)
     term[2, 0] = True
     trunc = torch.zeros(k, B, dtype=torch.bool)
@@ -302,18 +309,12 @@ def _hand_case(space, shared, activation, trust, on="probs", q_opc=None, k=6, B=
             for p in rule.avg.parameters():
                 p.add_(0.1 * torch.randn_like(p))
     gen = torch.Generator().manual_seed(1)
-    obs = torch.randn(k + 1, B, 4, generator=gen)
-    with torch.no_grad():
-        pi, _ = model.features(obs[:k].reshape(k * B, 4))
-        d = model.dist(pi)
-        actions = d.sample(gen)
-        mu = d.params() + 0.5 * torch.randn(d.params().shape, generator=gen)  # behaviour != pi
-    actions = actions.reshape((k, B) + actions.shape[1:]).float()
+    obs, actions, mu = _acted(model, k, B, gen, off_policy=0.5)
     term = torch.zeros(k, B, dtype=torch.bool)
     trunc = torch.zeros(k, B, dtype=torch.bool)
     term[2, 0] = trunc[3, 1] = trunc[k - 1, 2] = True
     seg = Segment(obs, torch.randn(k, B, 4, generator=gen), actions, torch.randn(k, B, generator=gen), term, trunc,
-                  mu.reshape(k, B, -1))
+                  mu)
     return model, rule, seg
 
 
