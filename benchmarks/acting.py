@@ -7,12 +7,12 @@
 Builds the run as ``contrl train ALGO --env ENV`` would (the preset the env id picks, ``--set`` on
 top; the in-process vector env of ``n_envs`` envs, the agent with its observation normaliser, the
 reward scaler) and times ``collect`` -- the acting loop every runner uses -- over ``--rollouts``
-rollouts, in one torch thread. Next to it, the two costs a step cannot avoid, measured the same
-way: the envs' own ``step`` (``gymnasium.make(ENV)`` as the user gets it, random actions, resets
-at episode ends; n_envs of them) and one forward of the network on the n_envs observations as
-the loop runs it (an MLP's numpy forward; a recurrent network's torch forward in inference
-mode). Prints microseconds per loop iteration (one step of every env) for each, and the ratio
-loop / (env steps + forward) (issue 17's goal: <= 1.5 at n_envs 1..4).
+rollouts, in one thread (torch's and numpy's BLAS). Next to it, the two costs a step cannot
+avoid, measured the same way: the envs' own ``step`` (``gymnasium.make(ENV)`` as the user gets
+it, random actions, resets at episode ends; n_envs of them) and one forward of the network on
+the n_envs observations as the loop runs it (the numpy forward; torch's in inference mode for a
+network without one). Prints microseconds per loop iteration (one step of every env) for each,
+and the ratio loop / (env steps + forward) (issue 17's goal: <= 1.5 at n_envs 1..4).
 """
 
 from __future__ import annotations
@@ -54,9 +54,12 @@ def env_step_us(env_id: str, env_kwargs: dict, n: int, steps: int, seed: int = 0
 
 def forward_us(model, obs: torch.Tensor, state: torch.Tensor, repeat: int = 2000) -> float:
     """Microseconds per forward of ``model`` on ``obs`` (``[n, obs_dim]``) as the acting loop runs it:
-    an MLP's numpy forward (``numpy_forward``), else torch's in inference mode."""
+    the numpy forward (``numpy_forward``; a recurrent network's with the state), else torch's in
+    inference mode."""
     if hasattr(model, "numpy_forward"):
-        fast, x = model.numpy_forward(), obs.numpy()
+        fast, x, h = model.numpy_forward(), obs.numpy(), state.numpy()
+        if model.recurrent:
+            return best_seconds(lambda: fast(x, h), repeat, rounds=3) * 1e6
         return best_seconds(lambda: fast(x), repeat, rounds=3) * 1e6
     with torch.inference_mode():
         return best_seconds(lambda: model.step(obs, state), repeat, rounds=3) * 1e6

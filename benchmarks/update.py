@@ -71,10 +71,12 @@ def run_parser(description: str, algos: list[str]) -> argparse.ArgumentParser:
 
 
 def run_args(a: argparse.Namespace) -> tuple[dict, dict]:
-    """(env kwargs, overrides) of ``run_parser``'s arguments; one torch thread for the timing."""
+    """(env kwargs, overrides) of ``run_parser``'s arguments; one thread (torch's and numpy's BLAS,
+    as a run holds them) for the timing."""
     from contrl.config import parse_assignments
+    from contrl.threads import set_threads
 
-    torch.set_num_threads(1)
+    set_threads(1)
     return parse_assignments(a.env_kwargs, "--env-kwargs"), parse_assignments(a.set)
 
 

@@ -78,3 +78,32 @@ def test_numpy_acting_matches_torch(space, shared, activation, hidden):
     pi_n, v_n = net.numpy_forward()(obs.numpy())
     np.testing.assert_allclose(pi_n, pi_t.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(v_n, v_t.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("space", [gym.spaces.Discrete(3), gym.spaces.Box(-1, 1, (2,))])
+@pytest.mark.parametrize("net", [{}, {"critic_lstm": True, "lstm_layers": 2, "hidden": [], "post_hidden": [32]},
+                                 {"activation": "relu", "post_hidden": []}])
+def test_numpy_lstm_step_matches_torch(space, net):
+    """The recurrent network's numpy step (LSTM cells with gates reordered and both products in
+    one): the torch step's distribution parameters, values and next state to float32 rounding,
+    from a non-zero state, with another head on the critic's features (ACER's Q) too."""
+    from contrl.nets.recurrent import RecurrentActorCritic
+
+    torch.manual_seed(0)
+    m = RecurrentActorCritic(5, space, NetConfig(type="lstm", lstm_hidden=16, **net))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    q = torch.nn.Linear(m.feature_dim, 4)
+    for n in (1, 8):
+        obs, state = 3 * torch.randn(n, 5), torch.randn(n, m.state_size)
+        with torch.inference_mode():
+            pi_t, v_t, s_t = m.step(obs, state)
+            q_t = q(m.step_features(obs, state)[1])
+        pi_n, v_n, s_n = m.numpy_forward()(obs.numpy(), state.numpy())
+        assert pi_n.dtype == v_n.dtype == s_n.dtype == np.float32 and v_n.shape == (n,)
+        for got, want in ((pi_n, pi_t), (v_n, v_t), (s_n, s_t)):
+            np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-5)
+        pi_q, q_n, s_q = m.numpy_forward(critic_head=q)(obs.numpy(), state.numpy())
+        np.testing.assert_allclose(q_n, q_t.numpy(), rtol=1e-4, atol=1e-5)
+        assert np.array_equal(s_q, s_n) and np.array_equal(pi_q, pi_n)

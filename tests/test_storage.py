@@ -200,31 +200,42 @@ def test_segment_forward_with_an_lstm_equals_acting(env, env_kwargs, net):
 
 @pytest.mark.parametrize("algo", ["ppo", "acer"])
 @pytest.mark.parametrize("env,env_kwargs", [("CartPole-v1", {}), ("Pendulum-v1", {"max_episode_steps": 23})])
-def test_numpy_acting_fills_the_rollout_as_torch_acting(algo, env, env_kwargs, monkeypatch):
-    """collect() with an MLP acts through numpy: the rollout it fills (obs, actions, log-probs,
-    values, rewards, dones, truncation values, last values; ACER's also the behaviour policy, raw
-    observations, final observations, terminations) equals the torch path's, to float32
-    rounding, with the same generator -- the same discrete actions, so the same episodes."""
+@pytest.mark.parametrize("net", ["mlp", "lstm"])
+def test_numpy_acting_fills_the_rollout_as_torch_acting(algo, env, env_kwargs, net, monkeypatch):
+    """collect() acts through numpy: the rollout it fills (obs, actions, log-probs, values,
+    rewards, dones, truncation values, last values; an LSTM's stored states; ACER's also the
+    behaviour policy, raw observations, final observations, terminations) equals the torch
+    path's, to float32 rounding, with the same generator -- the same discrete actions, so the
+    same episodes -- and so does the recurrent state carried to the next rollout."""
     from contrl.envs.normalize import ObsNormalizer, RewardScaler
     from contrl.nets.acer import ACERNet
     from contrl.nets.actor_critic import ActorCritic
+    from contrl.nets.recurrent import RecurrentActorCritic
 
     extra = {"batch_size": 64} if algo == "ppo" else {}
-    cfg = build_config(algo, env, env_kwargs=env_kwargs, overrides={"n_envs": 3, "n_steps": 64, **extra})
+    if net == "lstm":  # two LSTM layers and the critic's own: every part of the state
+        extra.update({"net.critic_lstm": True, "net.lstm_layers": 2, "net.lstm_hidden": 16},
+                     **({"net.seq_len": 16} if algo == "ppo" else {}))
+    cfg = build_config(algo, env, env_kwargs=env_kwargs, net=net, overrides={"n_envs": 3, "n_steps": 64, **extra})
 
     def run():
         torch.manual_seed(0)
         venv = VecEnv(cfg.env, cfg.env_kwargs, [0, 1, 2])
         model = build_model(cfg, venv.observation_space, venv.action_space)
-        if not model.discrete:  # a log-std the behaviour policy must carry (not its initial 0)
-            with torch.no_grad():
+        with torch.no_grad():
+            if net == "lstm":  # away from the near-zero init, so that the states matter
+                for p in model.parameters():
+                    p.add_(0.3 * torch.randn_like(p))
+            if not model.discrete:  # a log-std the behaviour policy must carry (not its initial 0)
                 model.log_std.fill_(-0.7)
         agent = Agent(cfg, model, venv.observation_space, venv.action_space, ObsNormalizer(venv.obs_dim, 10.0))
         rollout = make_rule(cfg, model, 3).new_rollout(3)
         gen, scaler = torch.Generator().manual_seed(0), RewardScaler(3, 0.99)
+        state = model.initial_state(3)
         for _ in range(2):
-            collect(agent, venv, rollout, gen, scaler)
+            collect(agent, venv, rollout, gen, scaler, None, state)
         venv.close()
+        rollout.carried = state
         return rollout
 
     import contrl.runners.collect as acting
@@ -234,10 +245,14 @@ def test_numpy_acting_fills_the_rollout_as_torch_acting(algo, env, env_kwargs, m
     monkeypatch.setattr(acting.NumpySampler, "__call__", lambda *a: calls.append(1) or real(*a))
     fast = run()
     assert len(calls) == 128  # every step acted through numpy
-    monkeypatch.delattr(ACERNet if algo == "acer" else ActorCritic, "numpy_forward")
+    monkeypatch.delattr(ACERNet if algo == "acer" else RecurrentActorCritic if net == "lstm" else ActorCritic,
+                        "numpy_forward")
     slow = run()
     assert fast.dones.sum() >= 2
     names = ["obs", "actions", "logp", "values", "rewards", "dones", "trunc_values", "last_values"]
+    if net == "lstm":
+        names += ["states", "carried"]
+        assert fast.states[-1].abs().sum() > 0 and fast.carried.abs().sum() > 0
     if algo == "acer":
         names += ["mu", "final_obs", "terminated", "obs_last"]
         assert fast.final_obs.abs().sum() > 0

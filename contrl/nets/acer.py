@@ -134,18 +134,17 @@ class ACERNet(nn.Module):
             return torch.mm(g_zs, lin.weight[:, :width])
 
     def numpy_forward(self):
-        """Acting through numpy as ``ActorCritic.numpy_forward`` (None for an LSTM torso): obs ->
-        (distribution parameters, V), V = sum_a pi(a|s) Q(s, a) for discrete actions."""
-        if self.recurrent:
-            return None
+        """Acting through numpy as the torso's ``numpy_forward`` (an LSTM torso's takes and returns
+        the recurrent state too): obs -> (distribution parameters, V), V = sum_a pi(a|s) Q(s, a)
+        for discrete actions."""
         if not self.discrete:
             return self.body.numpy_forward()
         features = self.body.numpy_forward(critic_head=self.q_head)
 
-        def forward(obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            pi, q = features(obs)
+        def forward(obs: np.ndarray, *state: np.ndarray) -> tuple:
+            pi, q, *new_state = features(obs, *state)
             e = np.exp(pi - pi.max(-1, keepdims=True))
-            return pi, np.add.reduce(e * q, -1) / np.add.reduce(e, -1)
+            return pi, np.add.reduce(e * q, -1) / np.add.reduce(e, -1), *new_state
 
         return forward
 

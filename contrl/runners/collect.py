@@ -1,8 +1,9 @@
 """Gathering experience: ``collect`` (the acting loop every envs backend uses) and ``Worker``
 (a copy of the learner away from it: a Hogwild worker process, a Ray actor).
 
-Per step: normalise the N observations, one batched forward in inference mode (an MLP's in numpy,
-``numpy_forward``, ACER's too: the same layers without torch's per-operation cost), sample from the run's
+Per step: normalise the N observations, one batched forward in numpy (``numpy_forward``: every
+network contrl builds, MLP or LSTM, ACER's too -- the same layers and cells without torch's
+per-operation cost; torch in inference mode for a network without one), sample from the run's
 generator, step the vector env with env-ready actions, and write obs, action, log-prob,
 value, (optionally scaled) reward and done into the preallocated rollout. A rollout for replay
 (ACER's) keeps the raw observations and rewards instead: the rule normalises them with the
@@ -53,13 +54,14 @@ def collect(agent, venv: VecEnv, rollout: Rollout, generator: torch.Generator,
     skip = agent.config.nan_policy == "skip_update"
     raw = rollout.mu is not None  # ACER: raw observations and rewards, for replay
     rewards_np, dones_np = rollout.rewards.numpy(), rollout.dones.numpy()  # views: cheap writes
-    # an MLP acts through numpy (the same layers and noise, a third of torch's per-step cost)
+    # acting through numpy (the same layers, LSTM cells and noise, a third of torch's per-step cost)
     fast = model.numpy_forward() if hasattr(model, "numpy_forward") else None
     if fast is not None:
         sample = NumpySampler(None if model.discrete else model.log_std.detach().numpy())
         obs_np, actions_np = rollout.obs.numpy(), rollout.actions.numpy()
         logp_np, values_np = rollout.logp.numpy(), rollout.values.numpy()
         mu_np = rollout.mu.numpy() if rollout.mu is not None else None
+        states_np = rollout.states.numpy() if recurrent else None
     rollout.trunc_values.zero_()
     rollout.nonfinite = ""
     episodes: list = []
@@ -69,11 +71,16 @@ def collect(agent, venv: VecEnv, rollout: Rollout, generator: torch.Generator,
     for t in range(rollout.T):
         if fast is not None:
             obs_t = agent.normalize(obs, update_stats)
-            pi_out, value = fast(obs_t)
+            if recurrent:
+                h_np = states_np[t] = h.numpy()
+                pi_out, value, h_next = fast(obs_t, h_np)
+                h_next = torch.from_numpy(h_next)
+            else:
+                pi_out, value = fast(obs_t)
+                h_next = h
             action, logp = sample(pi_out, generator)
             if mu_np is not None:  # ACER's replay: the behaviour policy
                 mu_np[t] = sample.params(pi_out)
-            h_next = h
         else:
             obs_t = agent.preprocess(obs, update_stats=update_stats)
             with torch.inference_mode():
