@@ -243,7 +243,9 @@ def check_ray() -> Check:
     if importlib.util.find_spec("ray") is None:
         return Check("ray", None, 'not installed (optional: pip install "contrl[ray]" for --runner ray)', core=False)
     try:
-        p = subprocess.run([sys.executable, "-c", _RAY], capture_output=True, text=True, timeout=180)
+        # on the loopback interface only, as a run's own local Ray (runners/ray_runner.py)
+        p = subprocess.run([sys.executable, "-c", _RAY], capture_output=True, text=True, timeout=180,
+                           env={**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
     except subprocess.TimeoutExpired:
         return Check("ray", False, "a local Ray (1 CPU) did not start within 180 s", fix, core=False)
     if p.returncode != 0:

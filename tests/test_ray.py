@@ -59,6 +59,9 @@ def test_ppo_on_ray_cartpole_reaches_475(ppo_run):
     assert s["final_eval"]["mean"] >= 475, s
     # actor j steps the env seeds the synchronous runner gives envs 4j..4j+3
     assert s["ray_actors"] == 2 and s["env_seeds"] == list(range(1, 9)) and s["ray_actor_restarts"] == [0, 0]
+    # where each actor ran: this module's Ray (tests/conftest.py keeps every test's Ray on loopback)
+    assert [node["ip"] for node in s["ray_actor_nodes"]] == ["127.0.0.1"] * 2, s["ray_actor_nodes"]
+    assert all(len(node["node_id"]) > 12 for node in s["ray_actor_nodes"])
     assert json.loads((out / "config.json").read_text())["runner"] == "ray"
 
 
@@ -165,6 +168,28 @@ def test_ray_ctrl_c_then_resume_equals_uninterrupted(tmp_path):
     b = torch.cat([p.flatten() for p in resumed.model.parameters()])
     assert torch.equal(a, b)
     assert resumed.obs_norm.rms.count == full.obs_norm.rms.count
+
+
+def test_a_runs_own_local_ray_binds_loopback_only(tmp_path):
+    """Without --ray-address a run starts its own Ray, on 127.0.0.1 only (Ray on Linux would
+    otherwise bind and advertise the host's outward address), also when nothing in the
+    environment asks for it; the run's summary and log say where each actor ran."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    code = ("import json, os, sys\n"
+            "from contrl.api import train\n"
+            "from ray._private import services\n"
+            "agent = train('ppo', 'CartPole-v1', steps=2048, out=sys.argv[1], quiet=True, tensorboard=False,\n"
+            "              overrides={'runner': 'ray', 'workers': 1, 'n_envs': 8, 'eval_every': 10**9,\n"
+            "                         'final_eval_episodes': 1})\n"
+            "print(json.dumps(agent.summary['ray_actor_nodes']))\n"
+            "assert 'RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER' not in os.environ  # undone when the run's Ray stops\n")
+    res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], capture_output=True, text=True,
+                         timeout=300, env={**env, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0, res.stderr[-3000:]
+    nodes = json.loads(res.stdout.strip().splitlines()[-1])
+    assert [node["ip"] for node in nodes] == ["127.0.0.1"], nodes
+    assert f"ray actor 0 runs on node {nodes[0]['node_id'][:12]} (127.0.0.1)" in (
+        tmp_path / "run" / "messages.log").read_text()
 
 
 def test_ray_errors(tmp_path, monkeypatch):

@@ -54,6 +54,24 @@ def import_ray():
     return ray
 
 
+# Ray on Linux binds and advertises the address its host reaches the outside through, also for a
+# local Ray that only this machine uses; with this variable at 0 (what Ray does on macOS and
+# Windows) every Ray process binds and advertises the loopback address instead.
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def loopback_only(ray, on: bool = True) -> None:
+    """A local Ray started after this (by this process or a child) binds 127.0.0.1 only; ``on=False``
+    undoes it (a later ``ray.init(address=...)`` joins a cluster under its routable address)."""
+    from ray._private import ray_constants  # Ray reads the variable once, at import: set both
+
+    if on:
+        os.environ[LOOPBACK_ENV] = "0"
+    else:
+        os.environ.pop(LOOPBACK_ENV, None)
+    ray_constants.ENABLE_RAY_CLUSTER = not on
+
+
 def to_flat(tensors) -> np.ndarray:
     """Tensors as one float32 vector: Ray ships a numpy array through its object store without
     pickling it, where a state dict costs a pickle per tensor."""
@@ -96,6 +114,8 @@ class EnvActor:
             seeds, torch_seed = [s + shift for s in seeds], torch_seed + shift
         norm = (lambda dim: SeenObsNormalizer(dim, cfg.clip_obs)) if cfg.norm_obs else None
         self.w = Worker(cfg, seeds, torch_seed, norm, gradients=gradients, first=first, reward_stats=reward_stats)
+        context = ray.get_runtime_context()
+        self.node = {"node_id": context.get_node_id(), "ip": ray.util.get_node_ip_address()}  # where it runs
 
     def _begin(self, weights: np.ndarray, tensors: list, obs_stats) -> None:
         from_flat(weights, tensors)
@@ -106,7 +126,8 @@ class EnvActor:
         norm, scaler = self.w.agent.obs_norm, self.w.scaler
         restarted, self.restarted = self.restarted, False
         return {**out, "episodes": episodes, "seen": norm.seen.state_dict() if norm is not None else None,
-                "restarted": restarted, "reward_stats": scaler.rms.state_dict() if scaler is not None else None}
+                "restarted": restarted, "reward_stats": scaler.rms.state_dict() if scaler is not None else None,
+                "node": self.node}
 
     def rollout(self, weights: np.ndarray, obs_stats) -> dict:
         """Synchronous pattern: a ``[T, n_envs]`` rollout with these weights."""
@@ -149,6 +170,9 @@ class RayActors:
         self.run_id = uuid.uuid4().hex[:8]  # actor names: contrl-RUNID-J (ray list actors shows them)
         self.handles: list = []
         self.reward_stats: list = [None] * self.W  # the asynchronous pattern: each actor's reward scaler
+        self.loopback = False  # this run started a local Ray on 127.0.0.1 (undone when it stops)
+        self.log = log
+        self.nodes: list = [None] * self.W  # the node each actor answered from last: {"node_id", "ip"}
         need, self.owns_ray = self.W * cfg.ray_cpus, not ray.is_initialized()
         if self.owns_ray:
             kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
@@ -156,10 +180,16 @@ class RayActors:
                 if cfg.ray_address:
                     ray.init(address=cfg.ray_address, **kwargs)
                 else:
-                    # address "local": a new Ray for this run, never one an earlier `ray start` left behind
+                    # address "local": a new Ray for this run, never one an earlier `ray start` left
+                    # behind; on the loopback interface only (nothing outside this machine needs it)
+                    self.loopback = True
+                    loopback_only(ray)
                     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(need)), **kwargs)
             except Exception as e:  # noqa: BLE001 - Ray raises several kinds; all mean "not reachable"
                 self.owns_ray = False
+                if self.loopback:
+                    loopback_only(ray, False)
+                    self.loopback = False
                 what = (f"cannot join the Ray cluster at '{cfg.ray_address}'" if cfg.ray_address
                         else "cannot start a local Ray")
                 fix = ("start one with `ray start --head` or drop --ray-address to run a local Ray" if cfg.ray_address
@@ -182,7 +212,7 @@ class RayActors:
         for j in range(self.W):
             seeds = seeds_for(j)
             options = dict(name=f"contrl-{self.run_id}-{j}", num_cpus=cfg.ray_cpus, max_restarts=cfg.max_restarts,
-                           max_task_retries=0)
+                           max_task_retries=0, scheduling_strategy="SPREAD")  # across a cluster's nodes
             self.handles.append(remote.options(**options).remote(cfg.to_json(), seeds, seeds[0] + 7919,
                                                                   max(1, int(cfg.ray_cpus)), self.gradients, j * self.k,
                                                                   self.reward_stats[j]))
@@ -212,6 +242,12 @@ class RayActors:
             if not self.counted[j]:
                 self.restarts.died(j, f"ray actor {j}", "found restarted", "its envs started new episodes")
             self.counted[j] = False
+        node, was = result["node"], self.nodes[j]
+        if node != was:
+            self.nodes[j] = node
+            where = f"node {node['node_id'][:12]} ({node['ip']})"
+            self.log(f"ray actor {j} runs on {where}" if was is None else
+                     f"ray actor {j} moved to {where} from node {was['node_id'][:12]} ({was['ip']})")
         if result["reward_stats"] is not None:
             self.reward_stats[j] = result["reward_stats"]
         if result["seen"] is not None:
@@ -244,6 +280,9 @@ class RayActors:
         if self.owns_ray:
             self.ray.shutdown()
             self.owns_ray = False
+        if self.loopback:
+            loopback_only(self.ray, False)
+            self.loopback = False
 
 
 class OnRay(Envs):
@@ -260,7 +299,8 @@ class OnRay(Envs):
         self.steps_per_iteration = cfg.algo_config().n_steps * self.n
 
     def summary(self) -> dict:
-        return {"ray_actors": self.W, "ray_actor_restarts": list(self.actors.restarts.counts)}
+        return {"ray_actors": self.W, "ray_actor_restarts": list(self.actors.restarts.counts),
+                "ray_actor_nodes": list(self.actors.nodes)}
 
     def close(self) -> None:
         self.actors.close()
