@@ -160,6 +160,8 @@ class RayActors:
     """The ``workers`` actors of a run: starts or joins Ray, creates the actors, calls them and
     counts their deaths."""
 
+    restart_wait = 300.0  # seconds a dead actor may take to come back (Ray finding a node for it)
+
     def __init__(self, cfg: Config, log: Callable[[str], None], run_dir: Path, gradients: bool):
         self.ray = ray = import_ray()
         self.cfg, self.gradients = cfg, gradients
@@ -167,6 +169,7 @@ class RayActors:
         self.W, self.k = cfg.workers, cfg.n_envs
         self.restarts = Restarts(self.W, cfg.max_restarts, log)
         self.counted = [False] * self.W  # a death already counted, whose restarted actor has not answered yet
+        self.died_at = [0.0] * self.W  # when (time.monotonic) that death was counted
         self.run_id = uuid.uuid4().hex[:8]  # actor names: contrl-RUNID-J (ray list actors shows them)
         self.handles: list = []
         self.reward_stats: list = [None] * self.W  # the asynchronous pattern: each actor's reward scaler
@@ -225,9 +228,15 @@ class RayActors:
         they count once, until the actor answers. ``ActorDiedError`` always counts: Ray raises it
         when it will not restart the actor, so asking again fails until the count stops the run."""
         if isinstance(err, self.ray.exceptions.ActorUnavailableError) and self.counted[j]:
+            waited = time.monotonic() - self.died_at[j]
+            if waited > self.restart_wait:  # Ray keeps it "restarting" while no node can take it
+                cpus = f"{self.cfg.ray_cpus:g} CPU{'s' if self.cfg.ray_cpus != 1 else ''}"
+                raise Fault(f"ray actor {j} has not come back {waited:.0f} s after it died: no node of the cluster has "
+                            f"{cpus} free to restart it on (a node lost?); add nodes or lower --workers, then --resume")
             time.sleep(0.05)  # still restarting
             return
         self.counted[j] = True
+        self.died_at[j] = time.monotonic()
         reason = type(err).__name__
         if isinstance(err, self.ray.exceptions.ActorDiedError):  # its message ends with the cause when the
             lines = [ln.strip() for ln in str(err).splitlines() if "Error" in ln]  # actor's start-up raised
@@ -246,8 +255,12 @@ class RayActors:
         if node != was:
             self.nodes[j] = node
             where = f"node {node['node_id'][:12]} ({node['ip']})"
-            self.log(f"ray actor {j} runs on {where}" if was is None else
-                     f"ray actor {j} moved to {where} from node {was['node_id'][:12]} ({was['ip']})")
+            if was is None:
+                self.log(f"ray actor {j} runs on {where}")
+            else:
+                lost = not any(n["NodeID"] == was["node_id"] and n["Alive"] for n in self.ray.nodes())
+                self.log(f"ray actor {j} moved to {where} from node {was['node_id'][:12]} ({was['ip']})"
+                         + (", which Ray reports lost" if lost else ""))
         if result["reward_stats"] is not None:
             self.reward_stats[j] = result["reward_stats"]
         if result["seen"] is not None:
