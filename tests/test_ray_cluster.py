@@ -115,5 +115,6 @@ def test_a_node_lost_with_no_room_left_stops_the_run_in_one_line(cluster, tmp_pa
               overrides={"runner": "ray", "ray_address": c.address, "workers": 3, "n_envs": 4, "batch_size": 128,
                          "eval_every": 6144}, eval_hook=_lose_actors_node(c, run, lost))
     assert len(lost) == 1 and (run / "checkpoints" / "latest.pt").exists()
+    assert not ray.is_initialized() and _contrl_actors(c.address) == []  # a failed run leaves no actor behind
     c.add_node(num_cpus=1)
     c.wait_for_nodes()
