@@ -60,16 +60,23 @@ def import_ray():
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
-def loopback_only(ray, on: bool = True) -> None:
-    """A local Ray started after this (by this process or a child) binds 127.0.0.1 only; ``on=False``
-    undoes it (a later ``ray.init(address=...)`` joins a cluster under its routable address)."""
+def loopback_only() -> Callable[[], None]:
+    """A local Ray started after this (by this process or a child) binds 127.0.0.1 only. Returns
+    what undoes it (a later ``ray.init(address=...)`` joins a cluster under its routable address)."""
     from ray._private import ray_constants  # Ray reads the variable once, at import: set both
 
-    if on:
-        os.environ[LOOPBACK_ENV] = "0"
-    else:
-        os.environ.pop(LOOPBACK_ENV, None)
-    ray_constants.ENABLE_RAY_CLUSTER = not on
+    env, constant = os.environ.get(LOOPBACK_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[LOOPBACK_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+    def undo() -> None:
+        if env is None:
+            os.environ.pop(LOOPBACK_ENV, None)
+        else:
+            os.environ[LOOPBACK_ENV] = env
+        ray_constants.ENABLE_RAY_CLUSTER = constant
+
+    return undo
 
 
 def to_flat(tensors) -> np.ndarray:
@@ -173,7 +180,7 @@ class RayActors:
         self.run_id = uuid.uuid4().hex[:8]  # actor names: contrl-RUNID-J (ray list actors shows them)
         self.handles: list = []
         self.reward_stats: list = [None] * self.W  # the asynchronous pattern: each actor's reward scaler
-        self.loopback = False  # this run started a local Ray on 127.0.0.1 (undone when it stops)
+        self.undo_loopback: Optional[Callable[[], None]] = None  # this run's local Ray is on 127.0.0.1
         self.log = log
         self.nodes: list = [None] * self.W  # the node each actor answered from last: {"node_id", "ip"}
         need, self.owns_ray = self.W * cfg.ray_cpus, not ray.is_initialized()
@@ -185,14 +192,11 @@ class RayActors:
                 else:
                     # address "local": a new Ray for this run, never one an earlier `ray start` left
                     # behind; on the loopback interface only (nothing outside this machine needs it)
-                    self.loopback = True
-                    loopback_only(ray)
+                    self.undo_loopback = loopback_only()
                     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(need)), **kwargs)
             except Exception as e:  # noqa: BLE001 - Ray raises several kinds; all mean "not reachable"
                 self.owns_ray = False
-                if self.loopback:
-                    loopback_only(ray, False)
-                    self.loopback = False
+                self._undo_loopback()
                 what = (f"cannot join the Ray cluster at '{cfg.ray_address}'" if cfg.ray_address
                         else "cannot start a local Ray")
                 fix = ("start one with `ray start --head` or drop --ray-address to run a local Ray" if cfg.ray_address
@@ -293,9 +297,12 @@ class RayActors:
         if self.owns_ray:
             self.ray.shutdown()
             self.owns_ray = False
-        if self.loopback:
-            loopback_only(self.ray, False)
-            self.loopback = False
+        self._undo_loopback()
+
+    def _undo_loopback(self) -> None:
+        if self.undo_loopback is not None:
+            self.undo_loopback()
+            self.undo_loopback = None
 
 
 class OnRay(Envs):
