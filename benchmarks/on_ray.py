@@ -3,13 +3,18 @@
 
     python benchmarks/on_ray.py overhead --env LunarLander-v3 --steps 100000
     python benchmarks/on_ray.py actors --env LunarLander-v3 --steps 100000
+    python benchmarks/on_ray.py overhead --algos a2c,a3c   # only those rows
+    python benchmarks/on_ray.py nodes --env LunarLander-v3 --steps 100000
 
 overhead: the same 8 envs and the same update rule stepped by the synchronous runner (in this
 process, then in env subprocesses) and by the Ray runner (2 actors x 4 envs, then 1 actor x 8),
 for PPO (rollouts of 8 x 256 steps) and A2C (rollouts of 8 x 5: a Ray round trip every 40
-steps, the worst case), A3C on the Hogwild runner vs the Ray runner (2 workers x 4 envs), and
+steps, the worst case; then 4 and 8 segments per request, ``ray_segments``), A3C on the Hogwild
+runner vs the Ray runner (2 workers x 4 envs; 1, 4 and 8 gradients per request), and
 ACER (its LunarLander preset) synchronous on both, and asynchronous on Hogwild and on Ray.
 actors: PPO on the Ray runner with 1, 2 and 4 actors of 4 envs each.
+nodes: PPO and A3C on a loopback cluster of 1, 2 and 3 worker nodes (1 CPU, one actor each),
+and the round trip to every actor alone.
 Evaluation is off; each run prints one JSON line with steps/s over the whole run (Ray's start
 included) and in the steady state (first to last progress row), then a table of ratios.
 """
@@ -44,7 +49,7 @@ def _run(label: str, algo: str, env: str, steps: int, **overrides) -> dict:
     return r
 
 
-def overhead(env: str, steps: int) -> None:
+def overhead(env: str, steps: int, algos: list[str]) -> None:
     runs = [
         ("ppo sync 8 envs", "ppo", dict(n_envs=8, vec="inprocess")),
         ("ppo sync 8 env subprocesses", "ppo", dict(n_envs=8, vec="subprocess")),
@@ -52,14 +57,18 @@ def overhead(env: str, steps: int) -> None:
         ("ppo ray 1 actor x 8", "ppo", dict(runner="ray", workers=1, n_envs=8)),
         ("a2c sync 8 envs", "a2c", dict(n_envs=8, vec="inprocess")),
         ("a2c ray 2 actors x 4", "a2c", dict(runner="ray", workers=2, n_envs=4)),
+        ("a2c ray 2 actors x 4, 4 segments", "a2c", dict(runner="ray", workers=2, n_envs=4, ray_segments=4)),
+        ("a2c ray 2 actors x 4, 8 segments", "a2c", dict(runner="ray", workers=2, n_envs=4, ray_segments=8)),
         ("a3c hogwild 2 workers x 4", "a3c", dict(workers=2, n_envs=4)),
         ("a3c ray 2 actors x 4", "a3c", dict(runner="ray", workers=2, n_envs=4)),
+        ("a3c ray 2 actors x 4, 4 segments", "a3c", dict(runner="ray", workers=2, n_envs=4, ray_segments=4)),
+        ("a3c ray 2 actors x 4, 8 segments", "a3c", dict(runner="ray", workers=2, n_envs=4, ray_segments=8)),
         ("acer sync 8 envs", "acer", dict(n_envs=8, vec="inprocess")),
         ("acer ray 2 actors x 4", "acer", dict(runner="ray", workers=2, n_envs=4)),
         ("acer hogwild 2 workers x 4", "acer", dict(runner="async", workers=2, n_envs=4)),
         ("acer ray async 2 actors x 4", "acer", dict(runner="ray", ray_pattern="async", workers=2, n_envs=4)),
     ]
-    rows = {label: _run(label, algo, env, steps, **o) for label, algo, o in runs}
+    rows = {label: _run(label, algo, env, steps, **o) for label, algo, o in runs if algo in algos}
     print("\n| run | steps/s (steady) | steps/s (whole run) | vs the local runner (steady) |")
     print("|---|---:|---:|---:|")
     base = {"ppo": "ppo sync 8 envs", "a2c": "a2c sync 8 envs", "a3c": "a3c hogwild 2 workers x 4",
@@ -81,13 +90,74 @@ def actors(env: str, steps: int) -> None:
               f"{r['steady_steps_per_s'] / rows[0]['steady_steps_per_s']:.2f}x |")
 
 
+def nodes(env: str, steps: int) -> None:
+    """PPO and A3C (4 gradients per request) on a cluster of 1, 2 and 3 worker nodes of 1 CPU
+    each (raylets on this machine, a head without CPUs for the learner's driver, all on
+    127.0.0.1), one actor of 4 envs per node; then the round trip alone: a request that steps
+    nothing (``get_state``, a 1-env actor's state back) to every actor, timed."""
+    import os
+    import time
+
+    from contrl.runners.ray_runner import loopback_only
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # every raylet binds 127.0.0.1 only
+    loopback_only()
+    from ray.cluster_utils import Cluster
+
+    rows = []
+    for n in (1, 2, 3):
+        c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+        for _ in range(n):
+            c.add_node(num_cpus=1)
+        c.wait_for_nodes()
+        try:
+            for label, algo, extra in (("ppo", "ppo", {}), ("a3c, 4 segments", "a3c", {"ray_segments": 4})):
+                r = _run(f"{label}, {n} node(s)", algo, env, steps, runner="ray", ray_address=c.address, workers=n,
+                         n_envs=4, **extra)
+                rows.append((n, label, r))
+            import ray
+
+            from contrl.runners.ray_runner import EnvActor
+
+            ray.init(address=c.address, log_to_driver=False, logging_level="ERROR")
+            try:
+                from contrl.config import build_config
+
+                cfg = build_config("ppo", env, overrides={"n_envs": 1})
+                remote = ray.remote(EnvActor)
+                actors = [remote.options(num_cpus=1, scheduling_strategy="SPREAD").remote(
+                    cfg.to_json(), [i], i, 1, False, i) for i in range(n)]
+                ray.get([a.get_state.remote() for a in actors])
+                t, k = time.perf_counter(), 200
+                for _ in range(k):
+                    ray.get([a.get_state.remote() for a in actors])
+                ms = (time.perf_counter() - t) / k * 1000
+                print(json.dumps({"nodes": n, "round_trip_ms": round(ms, 2)}), flush=True)
+                rows.append((n, "round trip", {"round_trip_ms": ms}))
+            finally:
+                ray.shutdown()
+        finally:
+            c.shutdown()
+    print("\n| worker nodes (1 CPU each) | ppo steps/s (steady) | a3c, 4 segments, steps/s (steady) | "
+          "get_state of every actor |")
+    print("|---|---:|---:|---:|")
+    for n in (1, 2, 3):
+        got = {label: r for m, label, r in rows if m == n}
+        print(f"| {n} | {got['ppo']['steady_steps_per_s']:,} | {got['a3c, 4 segments']['steady_steps_per_s']:,} | "
+              f"{got['round trip']['round_trip_ms']:.2f} ms |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["overhead", "actors"])
+    ap.add_argument("what", choices=["overhead", "actors", "nodes"])
     ap.add_argument("--env", default="LunarLander-v3")
     ap.add_argument("--steps", type=int, default=100_000)
+    ap.add_argument("--algos", default="ppo,a2c,a3c,acer", help="overhead: the algorithms to run (default all)")
     args = ap.parse_args()
-    (overhead if args.what == "overhead" else actors)(args.env, args.steps)
+    if args.what == "overhead":
+        overhead(args.env, args.steps, args.algos.split(","))
+    else:
+        (actors if args.what == "actors" else nodes)(args.env, args.steps)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Optional
 
 from contrl.agent import Agent, load
-from contrl.config import build_config, config_from_dict
+from contrl.config import build_config, config_from_dict, validate
 from contrl.errors import ContrlError
 from contrl.runners.loop import Trainer
+
+RESUME_ELSEWHERE = ("ray_address",)  # keys --resume may change: where the run runs, not what it computes
 
 __all__ = ["train", "load", "Agent"]
 
@@ -73,8 +75,18 @@ def train(
         cfg = config_from_dict(data)
         if steps is not None:
             cfg = config_from_dict({**cfg.to_dict(), "steps": steps})
-        if overrides or preset or env_kwargs or net or mask_velocity or (env and env != cfg.env):
-            raise ContrlError("--resume continues a run as configured; only --steps may change (start a new run to change settings)")
+        # where the run's Ray actors live is not what it computes: a run resumes on another cluster
+        where = {k: v for k, v in (overrides or {}).items() if k in RESUME_ELSEWHERE}
+        if {k: v for k, v in (overrides or {}).items() if k not in where} or preset or env_kwargs or net \
+                or mask_velocity or (env and env != cfg.env):
+            raise ContrlError("--resume continues a run as configured; only --steps (and, on the Ray runner, "
+                              "--ray-address) may change (start a new run to change settings)")
+        if where:
+            if cfg.runner != "ray":
+                raise ContrlError(f"--ray-address applies to the Ray runner; '{run_dir}' runs on the {cfg.runner} "
+                                  f"runner: drop it")
+            cfg = config_from_dict({**cfg.to_dict(), **where})
+            validate(cfg)
     else:
         cfg = build_config(algo, env, preset=preset, steps=steps, seed=seed, env_kwargs=env_kwargs, overrides=overrides,
                            net=net, mask_velocity=mask_velocity)

@@ -46,7 +46,7 @@ ALGOS = {
 }
 # the run keys that only some runners read
 RUNNER_KEYS = {"async": ("workers", "max_restarts"),
-               "ray": ("workers", "max_restarts", "ray_address", "ray_cpus", "ray_pattern")}
+               "ray": ("workers", "max_restarts", "ray_address", "ray_cpus", "ray_pattern", "ray_segments")}
 
 
 def _need(ok: bool, msg: str) -> None:
@@ -259,6 +259,9 @@ class Config:
     ray_cpus: float = 1.0  # ray runner: CPUs reserved per actor (its torch threads: the whole part, >= 1)
     # ray runner: sync (actors return rollouts) | async (actors return gradients); empty: a3c async, the others sync
     ray_pattern: str = ""
+    # ray runner: segments an actor answers one request with (rollouts, or gradients), all computed
+    # with that request's weights: fewer round trips, at the price of policy lag (docs/ray.md)
+    ray_segments: int = 1
     preset: str = ""  # preset the values came from (informational)
     net: NetConfig = field(default_factory=NetConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
@@ -614,6 +617,8 @@ def validate(cfg: Config) -> None:
         _need(cfg.ray_pattern in ("",) + algo.ray_patterns,
               f"ray_pattern for {cfg.algo} must be {' or '.join(algo.ray_patterns)}, got '{cfg.ray_pattern}'"
               + (" (a2c with gradient workers is a3c: contrl train a3c --runner ray)" if cfg.algo == "a2c" else ""))
+        _need(cfg.ray_segments >= 1,
+              f"ray_segments must be >= 1, got {cfg.ray_segments}; use e.g. --set ray_segments=4")
         addr = cfg.ray_address
         _need(addr in ("", "auto") or (":" in addr and addr.rsplit(":", 1)[1].isdigit()),
               f"ray_address must be auto or HOST:PORT (e.g. 10.0.0.5:6379), got '{addr}'")

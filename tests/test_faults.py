@@ -270,3 +270,18 @@ def test_unbounded_box_actions_train(tmp_path):
 
 def test_input_errors_stay_exit_2():
     assert ContrlError.exit_code == 2 and Fault.exit_code == 1 and issubclass(Fault, ContrlError)
+
+
+def test_resume_changes_only_the_budget_and_where_ray_runs(tmp_path):
+    """--resume continues a run as configured: another setting is refused; --ray-address (where
+    the actors live, not what the run computes) only on the Ray runner."""
+    run = tmp_path / "run"
+    train("ppo", "CartPole-v1", steps=256, seed=0, out=run, quiet=True, tensorboard=False,
+          overrides={"n_envs": 2, "n_steps": 32, "batch_size": 64, "eval_every": 256, "eval_episodes": 1,
+                     "final_eval_episodes": 1})
+    with pytest.raises(ContrlError, match=r"only --steps \(and, on the Ray runner, --ray-address\) may change"):
+        train(resume=run, overrides={"lr": 1e-3}, quiet=True)
+    with pytest.raises(ContrlError, match=r"only --steps .* may change"):
+        train(resume=run, overrides={"ray_address": "auto", "lr": 1e-3}, quiet=True)
+    with pytest.raises(ContrlError, match=r"--ray-address applies to the Ray runner; '.*run' runs on the sync runner"):
+        train(resume=run, overrides={"ray_address": "auto"}, quiet=True)

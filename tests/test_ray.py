@@ -1,6 +1,7 @@
 """The Ray runner (--runner ray) on a local Ray limited to 2 CPUs: learning, an actor killed
 mid-run, exact resume, a Ray-trained checkpoint loaded without Ray, and its errors."""
 
+import csv
 import json
 import os
 import signal
@@ -143,6 +144,39 @@ def test_async_acer_on_ray_learns(tmp_path):
     assert ev["mean"] >= 150, (ev, s)
 
 
+def _episodes(run):
+    """episodes.csv without its wall-clock column."""
+    rows = (Path(run) / "episodes.csv").read_text().splitlines()
+    return [r.split(",")[:1] + r.split(",")[2:] for r in rows]
+
+
+@pytest.mark.parametrize("algo", ["a2c", "a3c"])
+def test_ray_segments_bring_what_one_segment_requests_do(tmp_path, algo):
+    """ray_segments=3: every answer brings 3 segments (rollouts, or gradients), all computed with
+    the request's weights. With the weights held still (lr 1e-30) and no observation
+    normalisation, the experience is that of one-segment requests episode for episode, and the
+    budget is kept: 10,000 steps are 250 a2c segments of 8 envs x 5 (the last request brings 1).
+    For a2c each update's statistics are the same too (progress rows every 1,200 steps, a whole
+    number of requests either way), so each update sees its own segment's rollout."""
+    over = {"workers": 2, "n_envs": 4, "lr": 1e-30, "norm_obs": False, "eval_every": 6000, "log_every": 1200,
+            "eval_episodes": 1, "final_eval_episodes": 1}
+    one = _ray_train(algo, 10_000, 0, tmp_path / "one", **over)
+    three = _ray_train(algo, 10_000, 0, tmp_path / "three", ray_segments=3, **over)
+    if algo == "a2c":  # one actor's episodes vs the other's arrive in the same order
+        assert _episodes(tmp_path / "one") == _episodes(tmp_path / "three")
+        assert one.summary["steps"] == three.summary["steps"] == 10_000
+        rows = [list(csv.DictReader(open(tmp_path / run / "progress.csv"))) for run in ("one", "three")]
+        keys = ("step", "policy_loss", "value_loss", "entropy", "explained_variance")
+        assert [[r[k] for k in keys] for r in rows[0]] == [[r[k] for k in keys] for r in rows[1]]
+        assert len(rows[0]) >= 8
+    else:  # which actor answers first is a race: compare each env's episodes
+        for env in range(8):
+            a, b = ([r[2:] for r in _episodes(tmp_path / run)[1:] if r[1] == str(env)] for run in ("one", "three"))
+            n = min(len(a), len(b))
+            assert n > 10 and a[:n] == b[:n], env
+        assert three.summary["steps"] >= 10_000
+
+
 def test_ray_ctrl_c_then_resume_equals_uninterrupted(tmp_path):
     """Ctrl-C (SIGINT) mid-run saves a checkpoint holding every actor's envs, LSTM state and
     generator; resuming ends with exactly the parameters of the uninterrupted run. With
@@ -199,6 +233,8 @@ def test_ray_errors(tmp_path, monkeypatch):
         _ray_train("ppo", 4096, 0, tmp_path / "b", ray_cpus=0)
     with pytest.raises(ContrlError, match=r"ray_pattern for ppo must be sync, got 'async'"):
         _ray_train("ppo", 4096, 0, tmp_path / "f", ray_pattern="async")
+    with pytest.raises(ContrlError, match=r"ray_segments must be >= 1, got 0"):
+        _ray_train("a2c", 4096, 0, tmp_path / "g", ray_segments=0)
     with pytest.raises(ContrlError, match=r"ray_address must be auto or HOST:PORT"):
         _ray_train("ppo", 4096, 0, tmp_path / "c", ray_address="nowhere")
     with pytest.raises(ContrlError, match=r"'ray_address' applies to the Ray runner; add --runner ray"):

@@ -2,19 +2,28 @@
 worker nodes, each its own raylet with its own resources, every address on the loopback
 interface (tests/conftest.py keeps every Ray a test starts on 127.0.0.1). A run joins it with
 ``ray_address``, spreads its actors over the worker nodes, says where each ran, and leaves the
-cluster running with none of its actors left (default run). Slow-marked: a node lost mid-run
-(its actor moves to the spare node, the run goes on and learns), and a node lost with no room
-left for its actor (the run stops in one line, keeping its checkpoint)."""
+cluster running with none of its actors left, also after Ctrl-C (default run). Slow-marked: A3C
+learning with its actors on two nodes, a learner killed and its run resumed exactly on another
+Ray, a node lost mid-run (its actor moves to the spare node, the run goes on and learns), and a
+node lost with no room left for its actor (the run stops in one line, keeping its checkpoint)."""
 
+import json
+import os
 import re
+import signal
+import subprocess
+import sys
 import threading
+import time
 
 import pytest
 import ray
+import torch
 from ray.cluster_utils import Cluster
 
+import contrl
 from contrl.api import train
-from contrl.errors import Fault
+from contrl.errors import Fault, Interrupted
 from contrl.runners.ray_runner import RayActors
 
 
@@ -59,6 +68,85 @@ def test_a_run_joins_a_loopback_cluster_spreads_its_actors_and_leaves_it_running
         assert sum(1 for n in ray.nodes() if n["Alive"]) == 4
     finally:
         ray.shutdown()
+
+
+def test_ctrl_c_on_a_cluster_run_leaves_no_actor_and_the_cluster_running(cluster, tmp_path):
+    """Ctrl-C (SIGINT) mid-run on a joined cluster: the run stops cleanly (latest.pt, exit as
+    Interrupted), and the cluster keeps running with none of the run's actors left."""
+    c, _ = cluster
+
+    def interrupt(step, mean):
+        if step == 2048:
+            os.kill(os.getpid(), signal.SIGINT)  # handled by the runner: stop after this iteration
+            time.sleep(0.1)
+
+    with pytest.raises(Interrupted):
+        train("ppo", "CartPole-v1", steps=60_000, seed=0, out=tmp_path / "run", quiet=True, tensorboard=False,
+              overrides={"runner": "ray", "ray_address": c.address, "workers": 2, "n_envs": 4, "n_steps": 256,
+                         "batch_size": 256, "n_epochs": 1, "eval_every": 2048, "eval_episodes": 1},
+              eval_hook=interrupt)
+    assert (tmp_path / "run" / "checkpoints" / "latest.pt").exists()
+    assert not ray.is_initialized() and _contrl_actors(c.address) == []
+
+
+@pytest.mark.slow
+def test_a3c_on_the_cluster_learns_with_actors_on_two_nodes(cluster, tmp_path):
+    """A3C's asynchronous pattern across nodes: 2 gradient actors x 4 envs on two worker nodes,
+    4 gradients per request (ray_segments), 100k steps; as tests/test_ray.py's a3c test, the
+    claim is on the best checkpoint re-evaluated on 20 unseen episodes (an untrained policy
+    scores ~10-20). Measured on a local Ray with 4 segments: 500 and 500 (seeds 0, 1)."""
+    c, workers = cluster
+    agent = train("a3c", "CartPole-v1", steps=100_000, seed=0, out=tmp_path / "run", quiet=True, tensorboard=False,
+                  overrides={"runner": "ray", "ray_address": c.address, "workers": 2, "n_envs": 4,
+                             "ray_segments": 4})
+    nodes = {n["node_id"] for n in agent.summary["ray_actor_nodes"]}
+    assert len(nodes) == 2 and nodes <= {w.node_id for w in workers}
+    ev = contrl.load(tmp_path / "run").evaluate(episodes=20, seed=777)
+    assert ev["mean"] >= 150, (ev, agent.summary)
+    assert _contrl_actors(c.address) == []
+
+
+@pytest.mark.slow
+def test_a_run_whose_learner_dies_resumes_exactly_on_another_ray(cluster, tmp_path):
+    """The learner (the head's process) killed outright mid-run: Ray removes its actors from the
+    cluster; ``--resume RUN --ray-address ''`` continues it on a Ray of its own (another cluster)
+    from the last latest.pt and ends with exactly the parameters of an undisturbed run."""
+    c, _ = cluster
+    over = {"runner": "ray", "ray_address": c.address, "workers": 2, "n_envs": 4, "n_steps": 256, "batch_size": 512,
+            "n_epochs": 2, "norm_obs": True, "norm_reward": True, "eval_every": 2048, "eval_episodes": 1,
+            "final_eval_episodes": 1}
+    full = train("ppo", "CartPole-v1", steps=8192, seed=2, out=tmp_path / "full", quiet=True, tensorboard=False,
+                 overrides=over)
+    sets = [f"{k}={v}" for k, v in over.items() if k not in ("runner", "ray_address")]
+    cmd = [sys.executable, "-m", "contrl", "train", "ppo", "--env", "CartPole-v1", "--steps", "8192", "--seed", "2",
+           "--out", str(tmp_path / "part"), "--runner", "ray", "--ray-address", c.address, "--quiet",
+           "--no-tensorboard", "--set", *sets]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    ckpt, deadline = tmp_path / "part" / "checkpoints" / "latest.pt", time.monotonic() + 240
+    while _step(ckpt) < 4096 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.kill()  # SIGKILL: no clean stop, no checkpoint of its own
+    proc.wait()
+    assert 4096 <= _step(ckpt) < 8192, _step(ckpt)
+    for _ in range(100):  # Ray removes a dead driver's actors
+        if not _contrl_actors(c.address):
+            break
+        time.sleep(0.2)
+    assert _contrl_actors(c.address) == []
+    resumed = train(resume=tmp_path / "part", overrides={"ray_address": ""}, quiet=True, tensorboard=False)
+    assert resumed.summary["steps"] == 8192
+    assert json.loads((tmp_path / "part" / "config.json").read_text())["ray_address"] == ""
+    a = torch.cat([p.flatten() for p in full.model.parameters()])
+    b = torch.cat([p.flatten() for p in resumed.model.parameters()])
+    assert torch.equal(a, b)
+
+
+def _step(ckpt) -> int:
+    """The step of a latest.pt (0 while there is none)."""
+    try:
+        return json.loads(torch.load(ckpt, weights_only=True)["train_state"]["meta"])["step"]
+    except (FileNotFoundError, EOFError, RuntimeError):
+        return 0
 
 
 def _lose_actors_node(c, run, lost):

@@ -8,11 +8,13 @@ running), ``--ray-address auto|HOST:PORT`` joins a cluster.
   actors' rollouts side by side, collected with the weights put once in the object store. Actor
   j steps the env seeds the synchronous runner gives envs ``j * n_envs ...``; it returns the
   observations it has seen, merged by the learner in actor order; rewards are scaled on the
-  learner. Checkpoints hold every actor's envs, recurrent state and generator: resume is exact.
+  learner. With ``ray_segments`` K > 1 a request brings K rollouts per actor, all collected with
+  its weights, and the learner updates on each in turn (policy lag up to K - 1 updates).
+  Checkpoints hold every actor's envs, recurrent state and generator: resume is exact.
 * ``RayGradientEnvs`` (a3c; acer with ``ray_pattern=async``): every actor always has one request
-  in flight and answers with its rule's next gradient (ACER: a new segment's or a replayed one's)
-  computed with that request's weights; the learner steps each as it arrives and sends that
-  actor the new weights. As with Hogwild, resume restarts the actors on fresh seeds.
+  in flight and answers with its rule's next K gradients (ACER: a new segment's or a replayed
+  one's) computed with that request's weights; the learner steps each as it arrives and sends
+  that actor the new weights. As with Hogwild, resume restarts the actors on fresh seeds.
 
 Actors have ``max_restarts``: a dead actor's request is discarded and asked again of the
 restarted actor, and the log says so; past ``max_restarts`` the run stops, keeping its checkpoint.
@@ -36,6 +38,7 @@ from contrl.config import Config, config_from_dict
 from contrl.envs.make import env_spaces
 from contrl.envs.normalize import SeenObsNormalizer
 from contrl.errors import ContrlError, Fault
+from contrl.record.logger import StatsWindow
 from contrl.runners.collect import Worker, episode_rows
 from contrl.runners.local import LocalEnvs
 from contrl.runners.loop import Envs, Restarts
@@ -104,6 +107,17 @@ def task_fault(j: int, e: Exception, step: Optional[int] = None, n: int = 0) -> 
     return Fault(f"ray actor {j} failed: {type(cause).__name__}: {(str(cause).splitlines() or [''])[0][:200]}", str(e))
 
 
+def _in_segment(i: int, T: int, fn: Callable):
+    """``fn()``, the t of a Fault it raises counted from the first of a request's segments (its
+    ``i``-th, of ``T`` steps each)."""
+    try:
+        return fn()
+    except Fault as e:
+        if hasattr(e, "t"):
+            e.t += i * T
+        raise
+
+
 # -- the actor (a plain class; ray.remote wraps it when a run starts) ----------------------------
 class EnvActor:
     def __init__(self, cfg_json: str, seeds: list[int], torch_seed: int, threads: int, gradients: bool, first: int,
@@ -136,21 +150,30 @@ class EnvActor:
                 "restarted": restarted, "reward_stats": scaler.rms.state_dict() if scaler is not None else None,
                 "node": self.node}
 
-    def rollout(self, weights: np.ndarray, obs_stats) -> dict:
-        """Synchronous pattern: a ``[T, n_envs]`` rollout with these weights."""
+    def rollout(self, weights: np.ndarray, obs_stats, segments: int = 1) -> dict:
+        """Synchronous pattern: ``segments`` ``[T, n_envs]`` rollouts in a row with these weights,
+        each as numpy arrays (Ray ships those without pickling), with its episodes."""
         self._begin(weights, model_tensors(self.w.agent.model), obs_stats)
-        episodes = self.w.collect()
-        r = self.w.rollout
-        fields = {name: getattr(r, name) for name in STEP_FIELDS + ENV_FIELDS if getattr(r, name) is not None}
-        if not self.w.agent.model.recurrent:
-            fields.pop("states")
-        return self._answer(episodes, rollout=fields, nonfinite=r.nonfinite)
+        r, rollouts, episodes = self.w.rollout, [], []
+        names = [name for name in STEP_FIELDS + ENV_FIELDS if getattr(r, name) is not None
+                 and (name != "states" or self.w.agent.model.recurrent)]
+        for i in range(segments):
+            episodes.append(_in_segment(i, r.T, self.w.collect))
+            rollouts.append(({name: getattr(r, name).numpy().copy() for name in names}, r.nonfinite))
+        return self._answer(episodes, rollouts=rollouts)
 
-    def gradients(self, weights: np.ndarray, obs_stats) -> dict:
-        """Asynchronous pattern: the gradients of the rule's next update with these weights."""
+    def gradients(self, weights: np.ndarray, obs_stats, segments: int = 1) -> dict:
+        """Asynchronous pattern: the gradients of the rule's next ``segments`` updates, all with
+        these weights (``[segments, params]``), each with its statistics, env steps and episodes."""
         self._begin(weights, self.w.rule.weights(), obs_stats)
-        stats, steps, episodes = self.w.gradients()
-        return self._answer(episodes, grads=to_flat(self.w.grads()), stats=stats, steps=steps)
+        grads, stats, steps, episodes = [], [], [], []
+        for i in range(segments):
+            s, n, e = _in_segment(i, self.w.rollout.T, self.w.gradients)
+            grads.append(to_flat(self.w.grads()))
+            stats.append(s)
+            steps.append(n)
+            episodes.append(e)
+        return self._answer(episodes, grads=np.stack(grads), stats=stats, steps=steps)
 
     def get_state(self) -> dict:
         w = self.w
@@ -316,7 +339,7 @@ class OnRay(Envs):
         self.observation_space, self.action_space = a.observation_space, a.action_space
         self.k, self.W = a.k, a.W
         self.n = self.n_per_update = a.k * (1 if self.gradients else a.W)  # envs per update
-        self.steps_per_iteration = cfg.algo_config().n_steps * self.n
+        self.steps_per_iteration = cfg.algo_config().n_steps * self.n * cfg.ray_segments  # one answer's
 
     def summary(self) -> dict:
         return {"ray_actors": self.W, "ray_actor_restarts": list(self.actors.restarts.counts),
@@ -333,30 +356,51 @@ class RayEnvs(OnRay, LocalEnvs):
         """Those the synchronous runner gives envs j*n_envs ... ."""
         return [self.cfg.seed + j * self.k + i for i in range(self.k)]
 
-    def collect(self) -> list:
+    def iterate(self, step: int) -> tuple[dict, int, int]:
+        """One request to every actor: ``ray_segments`` rollouts each, collected with the weights
+        of now; the rule updates on each in turn (with its learning rate at that update's step)."""
         self.actors.launch(self._seeds)
-        rollout, agent = self.rollout, self.agent
+        agent, seg, cfg = self.agent, self.rollout.T * self.n, self.cfg
+        segments = min(cfg.ray_segments, max(1, -(-(cfg.steps - step) // seg)))  # none past the budget
         weights = self.actors.ray.put(to_flat(model_tensors(agent.model)))
         stats = agent.obs_norm.rms.state_dict() if agent.obs_norm is not None else None
-        episodes: list = []
-        rollout.nonfinite = ""
-        for j, res in enumerate(self.actors.call_all("rollout", [(weights, stats)] * self.W)):
-            rollout.nonfinite = rollout.nonfinite or res["nonfinite"]  # (nan_policy skip_update)
-            cols = slice(j * self.k, (j + 1) * self.k)
-            for name, value in res["rollout"].items():
-                if name in ENV_FIELDS:
-                    getattr(rollout, name)[cols] = value
-                else:
-                    getattr(rollout, name)[:, cols] = value
+        try:
+            results = self.actors.call_all("rollout", [(weights, stats, segments)] * self.W)
+        except Fault as e:  # the step it happened at: the actor knows the segment and its t
+            e.step = step + (getattr(e, "t", -1) + 1) * self.n
+            raise
+        for j, res in enumerate(results):
             self.actors.answered(j, res, agent)
-            episodes += [(t, j * self.k + env, ret, length) for t, env, ret, length in res["episodes"]]
-        if self.scaler is not None:  # as LocalEnvs scales them: step by step, all envs
+        window = StatsWindow()
+        for i in range(segments):
+            if i:
+                self.rule.set_progress(min((step + i * seg) / cfg.steps, 1.0))
+            episodes = self._fill([res["rollouts"][i] for res in results], [res["episodes"][i] for res in results])
+            self.episodes(episode_rows(episodes, step + i * seg, self.n))
+            window.add(self.rule.update(self.rollout, self.gen), seg)
+        return window.means(), segments * seg, segments
+
+    def _fill(self, rollouts: list, episodes: list) -> list:
+        """The actors' rollouts of one segment side by side in ``self.rollout``; rewards scaled as
+        ``LocalEnvs`` scales them (step by step, all envs). Returns the segment's episodes."""
+        rollout, out = self.rollout, []
+        rollout.nonfinite = ""
+        for j, (fields, nonfinite) in enumerate(rollouts):
+            rollout.nonfinite = rollout.nonfinite or nonfinite  # (nan_policy skip_update)
+            cols = slice(j * self.k, (j + 1) * self.k)
+            for name, value in fields.items():
+                if name in ENV_FIELDS:
+                    getattr(rollout, name).numpy()[cols] = value
+                else:
+                    getattr(rollout, name).numpy()[:, cols] = value
+            out += [(t, j * self.k + env, ret, length) for t, env, ret, length in episodes[j]]
+        if self.scaler is not None:
             dones = rollout.dones.numpy().astype(bool)
             for t in range(rollout.T):
                 scaled = self.scaler(rollout.rewards[t].numpy().astype(np.float64), dones[t])
                 if rollout.mu is None:  # replay (ACER) keeps them raw and scales them when it learns
                     rollout.rewards[t] = torch.from_numpy(scaled)
-        return sorted(episodes, key=lambda e: e[0])
+        return sorted(out, key=lambda e: e[0])
 
     def state(self) -> dict:
         states = self.actors.call_all("get_state", [()] * self.W)
@@ -399,10 +443,11 @@ class RayGradientEnvs(OnRay):
 
     def _ask(self, j: int) -> None:
         stats = self.agent.obs_norm.rms.state_dict() if self.agent.obs_norm is not None else None
-        self.pending[self.actors.handles[j].gradients.remote(self.weights, stats)] = j
+        self.pending[self.actors.handles[j].gradients.remote(self.weights, stats, self.cfg.ray_segments)] = j
 
     def iterate(self, step: int) -> tuple[dict, int, int]:
-        ray, rule = self.actors.ray, self.rule
+        """One actor's answer: its ``ray_segments`` gradients, each stepped as the rule steps it."""
+        ray, rule, cfg = self.actors.ray, self.rule, self.cfg
         if not self.pending:
             self.actors.launch(self._seeds)
             self.weights = ray.put(to_flat(rule.weights()))
@@ -420,15 +465,21 @@ class RayGradientEnvs(OnRay):
             except ray.exceptions.RayTaskError as e:
                 raise task_fault(j, e, step, self.k) from None
         self.actors.answered(j, res, self.agent)
-        if not res["stats"].get("skipped_updates"):  # (nan_policy skip_update: a non-finite one is dropped)
-            grads = torch.from_numpy(res["grads"].copy()).split([q.numel() for q in rule.params])
-            for q, g in zip(rule.params, grads):
-                q.grad = g.view_as(q)
-            rule.step()
-        self.episodes(episode_rows(res["episodes"], step, self.k, j * self.k))
+        window, at = StatsWindow(), step
+        for i, (flat, stats, steps) in enumerate(zip(res["grads"], res["stats"], res["steps"])):
+            if i:
+                rule.set_progress(min(at / cfg.steps, 1.0))
+            if not stats.get("skipped_updates"):  # (nan_policy skip_update: a non-finite one is dropped)
+                grads = torch.from_numpy(flat.copy()).split([q.numel() for q in rule.params])
+                for q, g in zip(rule.params, grads):
+                    q.grad = g.view_as(q)
+                rule.step()
+            self.episodes(episode_rows(res["episodes"][i], at, self.k, j * self.k))
+            window.add(stats, steps)
+            at += steps
         self.weights = ray.put(to_flat(rule.weights()))
         self._ask(j)
-        return res["stats"], res["steps"], 1
+        return window.means(), at - step, len(res["steps"])
 
     def state(self) -> dict:  # the actors start on fresh seeds after a resume (see the module doc)
         return {"next_seed": torch.tensor(self.next_seed + self.k * self.W),
