@@ -36,6 +36,8 @@ def test_a2c_cartpole_reaches_475(tmp_path):
     assert agent.summary["final_eval"]["mean"] >= 475, agent.summary
 
 
+@pytest.mark.slow  # ~2-3 min; by default A3C learns in tests/test_ray.py (the same rule, 2 actors x 4 envs) and
+# the Hogwild runner learns with async ACER below; tests/test_hogwild.py: one a3c worker computes what a2c does
 def test_a3c_cartpole_learns(tmp_path):
     """The a3c CartPole preset (2 Hogwild workers). Hogwild runs are not reproducible, so the
     claim is on what contrl.load returns: the best checkpoint of the periodic evaluations,

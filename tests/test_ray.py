@@ -131,6 +131,8 @@ def test_a3c_on_ray_learns(tmp_path):
     assert ev["mean"] >= 150, (ev, agent.summary)
 
 
+@pytest.mark.slow  # ~1 min; by default ACER's asynchronous pattern learns on the Hogwild runner (test_learning.py)
+# and A3C's on Ray (above), the same actor and learner code
 def test_async_acer_on_ray_learns(tmp_path):
     """ACER's asynchronous pattern on Ray (ray_pattern=async): 2 gradient actors x 4 envs, each
     with its own replay memory, answering with on-policy or replayed gradients; the average
