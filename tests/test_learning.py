@@ -114,11 +114,13 @@ def test_a3c_pendulum_learns(tmp_path):
 
 
 def test_ppo_lstm_masked_cartpole_reaches_450(tmp_path):
-    """Velocity-masked CartPole needs memory. The ppo CartPole-v1-lstm preset, 150k steps (~55 s).
-    Measured final evals: 480.8 (seed 0), 500 (seed 1), 470.1 (seed 2)."""
-    agent = train("ppo", "contrl/CartPoleNoVel-v1", net="lstm", seed=1, out=tmp_path / "run", quiet=True,
-                  tensorboard=False, overrides=FINAL_ONLY)
-    assert agent.summary["steps"] >= 150_000
+    """Velocity-masked CartPole needs memory. The ppo CartPole-v1-lstm preset's values over 100k
+    steps instead of its 150k (the learning rate annealed over them; ~70 s). Measured final evals
+    (2026-12-04): 500, 500, 500 for seeds 0-2; at 75k 500, 499.0, 458.7; the preset's 150k: 480.8,
+    500, 470.1. Without memory the task is out of reach (an MLP gets ~45)."""
+    agent = train("ppo", "contrl/CartPoleNoVel-v1", net="lstm", seed=1, steps=100_000, out=tmp_path / "run",
+                  quiet=True, tensorboard=False, overrides=FINAL_ONLY)
+    assert agent.summary["steps"] >= 100_000
     assert agent.summary["final_eval"]["mean"] >= 450, agent.summary
 
 
