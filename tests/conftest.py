@@ -32,6 +32,11 @@ def run_cli(tmp_path):
     return run
 
 
+# modules whose tests train for tens of seconds each, longest first (pytest --durations)
+LONG_FIRST = ["test_learning.py", "test_training.py", "test_hogwild.py", "test_cli.py", "test_compare.py",
+              "test_tune.py", "test_faults.py"]
+
+
 def _starts_ray(item) -> bool:
     """Whether a test starts a Ray (the Ray modules, and tests parametrised with the Ray runner)."""
     if Path(str(item.fspath)).name in ("test_ray.py", "test_ray_cluster.py"):
@@ -46,9 +51,16 @@ def pytest_collection_modifyitems(config, items):
     actors and the ports and temp folder a local Ray takes. Those tests go last (with
     ``--no-loadscope-reorder``, pyproject's default, xdist hands out tests in this order), so that
     they run while the other worker finishes its last test: a Ray run beside another training on
-    2 cores took 2-3x as long as alone (its learner, actors and Ray's own processes all wait)."""
-    ray_last = sorted(items, key=_starts_ray)  # stable: each part keeps its order
-    items[:] = ray_last
+    2 cores took 2-3x as long as alone (its learner, actors and Ray's own processes all wait).
+    Before them, the modules of long tests (learning runs, subprocess runs) go first, so that the
+    tests still running when the Ray ones start are short ones."""
+    def order(item) -> tuple:
+        module = Path(str(item.fspath)).name
+        if _starts_ray(item):
+            return (2, 0)
+        return (0, LONG_FIRST.index(module)) if module in LONG_FIRST else (1, 0)
+
+    items[:] = sorted(items, key=order)  # stable: each module keeps its order
     for item in items:
         if _starts_ray(item):
             item.add_marker(pytest.mark.xdist_group("ray"))
