@@ -90,14 +90,11 @@ def test_acer_continuous_pendulum_reaches_minus_400(tmp_path):
     assert agent.summary["final_eval"]["mean"] >= -400, agent.summary
 
 
-@pytest.mark.slow  # ~100 s; by default continuous A2C is checked by exactness only (test_async.py, Pendulum)
-@pytest.mark.xfail(strict=True, reason="the a2c Pendulum preset does not learn reliably: 1M-step finals over seeds 0-4 "
-                   "-1164, -597, -1090, -318, -470 (2da6c3d); seed 0 -584 already on e853aba (docs/benchmarks.md); "
-                   "a preset that passes is issue 16's item 3")
+@pytest.mark.slow  # ~140 s; by default continuous A2C is checked by exactness only (test_async.py, Pendulum)
 def test_a2c_pendulum_learns(tmp_path):
-    """The a2c Pendulum preset (1M steps, ~100 s). Measured when the preset shipped: -233 for seed 0
-    (-458 for seed 1); an untrained policy scores about -1,100 to -1,500. Strict: passing again
-    fails the mark, so a fixed preset shows here."""
+    """The a2c Pendulum preset (32 envs x 5, gamma 0.95, 1M steps). Measured finals (2026-12-04)
+    -180.3, -188.5, -287.7, -226.2, -180.1 for seeds 0-4 (3/5 at the task's -200); an untrained
+    policy scores about -1,100 to -1,500, the previous preset's seed 0 -1,164."""
     agent = _train("a2c", "Pendulum-v1", 1_000_000, 0, tmp_path)
     assert agent.summary["final_eval"]["mean"] >= -400, agent.summary
 
