@@ -78,11 +78,18 @@ def test_a3c_with_one_worker_computes_exactly_what_a2c_computes(tmp_path, monkey
     rounding: tests/test_optim.py.)"""
     from contrl.algos.optim import Adam
 
+    from contrl.config import build_config
+
     monkeypatch.setattr(Adam, "fused_kernel", False)
     ov = {"n_envs": 4, "n_steps": 5, "eval_episodes": 1, "final_eval_episodes": 0, **extra}
     kw = dict(steps=4000, seed=3, quiet=True, tensorboard=False)
     a = train("a2c", env, out=tmp_path / "a2c", overrides=ov, **kw)
-    b = train("a3c", env, out=tmp_path / "a3c", overrides={**ov, "workers": 1}, **kw)
+    # a3c with every value a2c ran with (the two algorithms' presets for an env may differ)
+    ran = build_config("a2c", env, overrides=ov).to_dict()
+    same = {**{f"net.{k}": v for k, v in ran["net"].items()}, **{f"a2c.{k}": v for k, v in ran["a2c"].items()},
+            **{k: ran[k] for k in ("norm_obs", "norm_reward", "clip_obs")}}
+    b = train("a3c", env, out=tmp_path / "a3c", overrides={**ov, **same, "workers": 1}, **kw)
+    assert json.loads((tmp_path / "a3c" / "config.json").read_text())["a2c"] == ran["a2c"]
     assert a.summary["steps"] == b.summary["steps"] == 4000
     assert torch.equal(flat_params(a.model), flat_params(b.model))
 
