@@ -77,7 +77,6 @@ def test_a3c_with_one_worker_computes_exactly_what_a2c_computes(tmp_path, monkey
     takes the foreach step here, as shared statistics do; its fused kernel is the same to float32
     rounding: tests/test_optim.py.)"""
     from contrl.algos.optim import Adam
-
     from contrl.config import build_config
 
     monkeypatch.setattr(Adam, "fused_kernel", False)
