@@ -90,13 +90,14 @@ def test_acer_continuous_pendulum_reaches_minus_400(tmp_path):
     assert agent.summary["final_eval"]["mean"] >= -400, agent.summary
 
 
-@pytest.mark.slow  # ~140 s; by default continuous A2C is checked by exactness only (test_async.py, Pendulum)
+@pytest.mark.slow  # ~60 s; by default continuous A2C is checked by exactness only (test_hogwild.py, Pendulum)
 def test_a2c_pendulum_learns(tmp_path):
-    """The a2c Pendulum preset (32 envs x 5, gamma 0.95, 1M steps). Measured finals (2026-12-04)
-    -180.3, -188.5, -287.7, -226.2, -180.1 for seeds 0-4 (3/5 at the task's -200); an untrained
-    policy scores about -1,100 to -1,500, the previous preset's seed 0 -1,164."""
+    """The a2c Pendulum preset (32 envs x 8, 64x64 ReLU, gamma 0.95, 1M steps). Measured finals
+    (2026-12-04) -184.8, -184.2, -169.6, -173.6, -192.7 for seeds 0-4 (5/5 at the task's -200);
+    an untrained policy scores about -1,100 to -1,500, the preset before the last one's seed 0
+    -1,164. The margin to -250 is for float rounding on other machines."""
     agent = _train("a2c", "Pendulum-v1", 1_000_000, 0, tmp_path)
-    assert agent.summary["final_eval"]["mean"] >= -400, agent.summary
+    assert agent.summary["final_eval"]["mean"] >= -250, agent.summary
 
 
 @pytest.mark.slow  # ~75 s, and Hogwild timing makes it vary: a CI run on 2026-11-26 ended at -1002.7 (seed 1)
