@@ -23,6 +23,7 @@ steps/s. Plots: evaluation return vs env steps and vs wall-seconds, the mean ove
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import signal
 import subprocess
@@ -120,7 +121,10 @@ def _same_settings(run: Path, cfg) -> None:
     except (OSError, json.JSONDecodeError):
         raise ContrlError(f"{run}/config.json is missing or corrupted; delete {run} to run it again") from None
     want = cfg.to_dict()
-    diff = [k for k in sorted(set(saved) | set(want)) if k not in CADENCE and saved.get(k) != want.get(k)]
+    # a run key added since the run was made counts as the run's if it holds its default (what the run did)
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING}
+    diff = [k for k in sorted(set(saved) | set(want)) if k not in CADENCE
+            and saved.get(k, defaults.get(k)) != want.get(k)]
     if diff:
         k = diff[0]
         raise ContrlError(f"{run} was trained with other settings ({k}: {saved.get(k)!r}, asked now: {want.get(k)!r}"
@@ -299,7 +303,7 @@ def compare(env: str, algos: str, steps: Optional[int] = None, seeds=3, jobs: in
                          "wall_s_to_threshold": reach[1] if reach else None,
                          "cpu_s_to_threshold": reach[2] if reach else None,
                          "steps_per_s": s["steps_per_s"], "wall_s": s["wall_s"], "cpu_s": s.get("cpu_s"),
-                         "curve": curve})
+                         "deterministic": s.get("final_eval", {}).get("deterministic", True), "curve": curve})
     rows = _table(specs, runs, threshold)
     _write(out, env, budget, threshold, rows, runs, _command(env, algos, steps, seeds, env_kwargs, sets, preset, given))
     _plot(out, env, specs, runs)
@@ -369,8 +373,12 @@ def _write(out: Path, env: str, budget: dict, threshold, rows: list, runs: list,
     th = f"{threshold:g}" if threshold is not None else "none"
     steps = sorted(set(budget.values()))
     per = f"{steps[0]:,} steps per run" if len(steps) == 1 else "each algorithm's preset budget"
+    modes = {r["deterministic"] for r in runs}
+    evaluation = ("deterministic evaluation" if modes <= {True} else
+                  "stochastic evaluation (sampled actions: eval_deterministic=false)" if modes == {False} else
+                  "evaluation, deterministic in some runs and stochastic (eval_deterministic=false) in others")
     lines = [f"# compare on {env}, {per}", "", f"`{command}`", "",
-             f"Final return: deterministic evaluation at the end of each run (not the best checkpoint); solved: "
+             f"Final return: {evaluation} at the end of each run (not the best checkpoint); solved: "
              f"seeds whose final return is >= the threshold ({th}). IQM: interquartile mean of the final returns "
              f"over seeds with its 95% bootstrap interval. Best eval: the best periodic evaluation, mean over seeds "
              f"(a final well below it means the run peaked and fell back). To threshold: the first periodic "

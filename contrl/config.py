@@ -245,6 +245,7 @@ class Config:
     eval_every: int = 0  # evaluate every N steps (0: 10 times per run)
     eval_episodes: int = 10  # episodes per periodic evaluation
     final_eval_episodes: int = 20  # episodes of the final evaluation
+    eval_deterministic: bool = True  # evaluations act with the mode; false: they sample (e.g. an LSTM on a masked task)
     checkpoint_every: int = 0  # save latest.pt every N steps (0: at each evaluation)
     log_every: int = 0  # a progress.csv row every N steps (0: per update, >= 1,000 steps; a3c: ~1 s)
     power_watts: float = 0.0  # watts per busy core for the energy estimate (CPU-s x W; 0: off)

@@ -9,10 +9,11 @@ log-std; ``--set`` fixes keys for every trial instead, and ``--search KEY=LOW..H
 evaluation the trial reports its return, and Optuna's median pruner stops trials that fall
 below the median of earlier ones at the same step (not before a quarter of the budget, nor
 before 5 completed trials have reported there: early evaluations of a task like LunarLander say
-little about where a run ends). A trial's value is its final evaluation (mean over 10 deterministic episodes); with
-``--seeds K`` a trial trains K seeds and its value is the mean of their final evaluations
-(pruning watches the first), so a lucky seed does not win the study. An interrupted call
-(Ctrl-C) still writes the outputs below for the trials it completed.
+little about where a run ends). A trial's value is its final evaluation (mean over 10 episodes,
+deterministic unless ``eval_deterministic=false``); with ``--seeds K`` a trial trains K seeds and its
+value is the mean of their final evaluations (pruning watches the first), so a lucky seed does not
+win the study. An interrupted call (Ctrl-C) still writes the outputs below for the trials it
+completed.
 
 The study lives in ``--storage`` (default ``sqlite:///OUT/study.db``), so calling the same
 command again continues it with more trials. After each call the best trial so far is written

@@ -105,10 +105,26 @@ def test_compare_preset_budget_seed_range_set_and_other_settings_refused(tmp_pat
     assert sorted(r["seed"] for r in runs) == ["3", "4"] and all(r["solved"] == "False" for r in runs)
     md = (out / "compare.md").read_text()
     assert f"--seeds 3-4 --threshold 480 --preset {preset} --set a2c.lr=0.002`" in md and "| a2c | 2 | 1,024 |" in md
-    assert "threshold (480)" in md
+    assert "threshold (480)" in md and "Final return: deterministic evaluation" in md
     p = run_cli(*args, "--set", "a2c.lr=0.001")
     assert p.returncode == 2 and "a2c-s3 was trained with other settings (a2c:" in p.stderr
     assert "give another --out" in p.stderr and "Traceback" not in p.stderr
+    # a run folder from before a run key existed (here eval_deterministic) is still the same settings
+    # when the key's default is asked for: skipped, not refused
+    for seed in (3, 4):
+        path = out / f"a2c-s{seed}" / "config.json"
+        cfg = json.loads(path.read_text())
+        del cfg["eval_deterministic"]
+        path.write_text(json.dumps(cfg))
+    p = run_cli(*args, "--set", "a2c.lr=0.002")
+    assert p.returncode == 0 and "2 finished run(s) skipped" in p.stdout, p.stdout + p.stderr
+    p = run_cli(*args, "--set", "a2c.lr=0.002", "eval_deterministic=false")
+    assert p.returncode == 2 and "(eval_deterministic: None, asked now: False)" in p.stderr, p.stderr
+    stoch = tmp_path / "stoch"
+    p = run_cli(*args[:-1], str(stoch), "--set", "a2c.lr=0.002", "eval_deterministic=false", "--jobs", "2")
+    assert p.returncode == 0, p.stderr
+    assert "Final return: stochastic evaluation (sampled actions" in (stoch / "compare.md").read_text()
+    assert json.loads((stoch / "a2c-s3" / "summary.json").read_text())["final_eval"]["deterministic"] is False
 
 
 def test_ctrl_c_stops_compare_and_the_same_command_goes_on(tmp_path):

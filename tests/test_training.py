@@ -64,6 +64,21 @@ def _train_cmd(out, algo, env, steps, extra=()):
             "--out", str(out), "--no-tensorboard", *extra]
 
 
+def test_eval_deterministic_false_samples_the_evaluations(tmp_path):
+    """eval_deterministic=false: the periodic and final evaluations sample actions (as `contrl eval
+    --stochastic`), from the evaluation's seeded generator; the summary says so."""
+    run = tmp_path / "run"
+    train("ppo", "CartPole-v1", steps=1024, seed=0, out=run, quiet=True, tensorboard=False,
+          overrides={**TINY, "eval_deterministic": False, "final_eval_episodes": 8})
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["final_eval"]["deterministic"] is False
+    agent = contrl.load(run / "checkpoints" / "latest.pt")
+    sampled = agent.evaluate(episodes=8, seed=20_000, deterministic=False)
+    assert summary["final_eval"]["mean"] == sampled["mean"]
+    # the untrained policy's mode (one action from every start) and its samples end differently
+    assert agent.evaluate(episodes=8, seed=20_000)["mean"] != sampled["mean"]
+
+
 @pytest.mark.parametrize("algo,env,steps,extra", [
     ("ppo", "CartPole-v1", 15_000, ["--set", "n_envs=4", "n_steps=128", "batch_size=128", "n_epochs=2", "eval_episodes=1",
                      "final_eval_episodes=1", "checkpoint_every=512"]),

@@ -272,7 +272,8 @@ class Trainer:
         """Periodic evaluation into the progress row; best.pt when it improves."""
         agent = self.envs.snapshot(self.agent)
         try:
-            ev = agent.evaluate(self.cfg.eval_episodes, seed=self.cfg.seed + 10_000)
+            ev = agent.evaluate(self.cfg.eval_episodes, seed=self.cfg.seed + 10_000,
+                                deterministic=self.cfg.eval_deterministic)
         except Fault as e:
             e.args = (f"{e} (the periodic evaluation)",)
             e.step = self.step
@@ -365,7 +366,7 @@ class Trainer:
             if self.rule.memory is not None:
                 summary["replay_buffer"]["stored_transitions"] = self.rule.memory.transitions
         if cfg.final_eval_episodes > 0:
-            ev = agent.evaluate(cfg.final_eval_episodes, seed=cfg.seed + 20_000)
+            ev = agent.evaluate(cfg.final_eval_episodes, seed=cfg.seed + 20_000, deterministic=cfg.eval_deterministic)
             summary["final_eval"] = {k: ev[k] for k in ("mean", "std", "episodes", "deterministic", "seed")}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return agent, summary
