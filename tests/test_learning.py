@@ -100,15 +100,16 @@ def test_a2c_pendulum_learns(tmp_path):
     assert agent.summary["final_eval"]["mean"] >= -250, agent.summary
 
 
-@pytest.mark.slow  # ~75 s, and Hogwild timing makes it vary: a CI run on 2026-11-26 ended at -1002.7 (seed 1)
+@pytest.mark.slow  # ~55 s on 2 cores; Hogwild timing makes runs differ
 def test_a3c_pendulum_learns(tmp_path):
-    """The a3c Pendulum preset (2 workers x 16 envs, 2M steps, ~80 s). Measured for seeds 0-3:
-    best checkpoint re-evaluated on 20 unseen episodes -508, -193, -341, -164; an untrained
-    policy scores about -1,100 to -1,200. Hogwild runs differ from run to run, hence the margin.
-    As for CartPole, the claim is on the best checkpoint, the one contrl.load returns."""
+    """The a3c Pendulum preset (2 workers x 32 envs x 8 steps, gamma 0.95, 2M steps). Final
+    evaluations (20 episodes) for seeds 0-4 on 2026-12-04: -177.7, -182.0, -173.3, -200.3, -188.3;
+    an untrained policy scores about -1,100 to -1,200 (the preset before it: -218.5 to -467.9).
+    Hogwild runs differ from run to run, hence the margin. As for CartPole, the claim is on the
+    best checkpoint, the one contrl.load returns."""
     agent = _train("a3c", "Pendulum-v1", 2_000_000, 1, tmp_path)
     ev = contrl.load(tmp_path / "run").evaluate(episodes=20, seed=777)
-    assert ev["mean"] >= -800, (ev, agent.summary)
+    assert ev["mean"] >= -400, (ev, agent.summary)
 
 
 def test_ppo_lstm_masked_cartpole_reaches_450(tmp_path):
