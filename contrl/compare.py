@@ -127,7 +127,8 @@ def _same_settings(run: Path, cfg) -> None:
             and saved.get(k, defaults.get(k)) != want.get(k)]
     if diff:
         k = diff[0]
-        raise ContrlError(f"{run} was trained with other settings ({k}: {saved.get(k)!r}, asked now: {want.get(k)!r}"
+        raise ContrlError(f"{run} was trained with other settings ({k}: {saved.get(k, defaults.get(k))!r}, asked now: "
+                          f"{want.get(k)!r}"
                           f"{f' and {len(diff) - 1} more' if len(diff) > 1 else ''}); give another --out or delete "
                           f"{run}")
 

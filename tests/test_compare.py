@@ -119,7 +119,7 @@ def test_compare_preset_budget_seed_range_set_and_other_settings_refused(tmp_pat
     p = run_cli(*args, "--set", "a2c.lr=0.002")
     assert p.returncode == 0 and "2 finished run(s) skipped" in p.stdout, p.stdout + p.stderr
     p = run_cli(*args, "--set", "a2c.lr=0.002", "eval_deterministic=false")
-    assert p.returncode == 2 and "(eval_deterministic: None, asked now: False)" in p.stderr, p.stderr
+    assert p.returncode == 2 and "(eval_deterministic: True, asked now: False)" in p.stderr, p.stderr
     stoch = tmp_path / "stoch"
     p = run_cli(*args[:-1], str(stoch), "--set", "a2c.lr=0.002", "eval_deterministic=false", "--jobs", "2")
     assert p.returncode == 0, p.stderr
