@@ -134,8 +134,9 @@ def check_contrl() -> Check:
 
 
 _RENDER = """
-import sys, gymnasium as gym
-env = gym.make(sys.argv[1], render_mode="rgb_array")
+import sys
+from contrl.envs.make import make_env
+env = make_env(sys.argv[1], render_mode="rgb_array")
 env.reset(seed=0)
 frame = env.render()
 env.close()

@@ -99,6 +99,32 @@ def test_observations_outside_the_bounds_are_warned_once(tmp_path):
     assert len(warned) == 1 and warned[0].startswith("contrl: warning: environment 'tests.faulty:Faulty'"), p.stderr
 
 
+@pytest.mark.parametrize("vec", ["inprocess", "subprocess"])
+def test_mujoco_warnings_stay_off_the_terminal_and_out_of_the_working_directory(tmp_path, vec):
+    """MuJoCo >= 4 prints a deprecation line for HalfCheetah's model on every env made (to stderr) and
+    appends it to MUJOCO_LOG.TXT in the working directory: neither may reach the user."""
+    p = _contrl("train", "ppo", "--env", "HalfCheetah-v5", "--steps", 128, "--out", tmp_path / "run", "--quiet",
+                "--no-tensorboard", "--set", f"vec={vec}", "n_envs=2", "n_steps=64", "batch_size=64", *SMALL,
+                cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "settotalmass" not in p.stderr and "WARNING" not in p.stderr, p.stderr
+    assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
+
+
+def test_mujoco_runtime_warnings_are_one_line_each():
+    """A MuJoCo warning that says something about the run (here an unstable simulation) is kept, as one
+    ``contrl: warning:`` line."""
+    code = ("from contrl.errors import one_line_warnings; one_line_warnings()\n"
+            "from contrl.envs.make import make_env\n"
+            "e = make_env('Hopper-v5'); e.reset(seed=0); e.unwrapped.data.qvel[:] = 1e12\n"
+            "for _ in range(3): e.step(e.action_space.sample())\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert p.returncode == 0, p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("contrl: warning: MuJoCo: Nan, Inf or huge value"), p.stderr
+
+
 def test_evaluation_env_raising_is_one_line(tmp_path):
     p = _contrl("train", "ppo", "--env", ENV, "--env-kwargs", "fault=raise", "after=5", "eval_only=true", "--steps",
                 2000, "--out", tmp_path / "run", "--quiet", "--no-tensorboard", "--set", "vec=inprocess", "n_envs=2",

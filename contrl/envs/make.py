@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
+import sys
 import warnings
 from typing import Any, Optional
 
@@ -17,6 +18,40 @@ from contrl.errors import ContrlError
 pomdp.register()  # the velocity-masked ids (contrl/CartPoleNoVel-v1, ...), in every process that makes envs
 
 warnings.filterwarnings("ignore", message=".*compiler attribute.*")
+
+_mujoco_routed = False
+
+
+def _route_mujoco_warnings() -> None:
+    """MuJoCo >= 4 prints its warnings straight to stderr and appends them to MUJOCO_LOG.TXT in the
+    working directory (HalfCheetah's model alone: one ``settotalmass is deprecated`` line per env
+    made). Route them through Python's warnings instead, so each shows once as ``contrl: warning:
+    MuJoCo: ...``, and drop the compiler's deprecation notes about the models Gymnasium ships,
+    which say nothing about the run. Once per process; only for envs that use MuJoCo."""
+    global _mujoco_routed
+    if _mujoco_routed:
+        return
+    _mujoco_routed = True
+    try:
+        import mujoco
+    except ImportError:
+        return
+    if not hasattr(mujoco, "set_mju_user_warning"):
+        return
+
+    def warn(msg: str) -> None:
+        if "compiler attribute" in msg and "deprecated" in msg:
+            return
+        warnings.warn(f"MuJoCo: {msg}", RuntimeWarning, stacklevel=2)
+
+    mujoco.set_mju_user_warning(warn)
+
+
+def _uses_mujoco(env_id: str) -> bool:
+    spec = gym.registry.get(env_id)
+    entry = getattr(spec, "entry_point", "")
+    entry = entry if isinstance(entry, str) else f"{getattr(entry, '__module__', '')}.{getattr(entry, '__name__', '')}"
+    return "mujoco" in entry.lower() or "mujoco" in sys.modules
 
 
 def _suggest(env_id: str) -> str:
@@ -87,6 +122,8 @@ def make_env(env: str, env_kwargs: Optional[dict] = None, render_mode: Optional[
     kwargs = dict(env_kwargs or {})
     if render_mode is not None:
         kwargs["render_mode"] = render_mode
+    if _uses_mujoco(env_id):
+        _route_mujoco_warnings()
     try:
         e = gym.make(env_id, **kwargs)
     except gym.error.DependencyNotInstalled as err:
