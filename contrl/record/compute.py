@@ -30,18 +30,23 @@ class ComputeMeter:
         self.power_watts = power_watts
         self.proc = psutil.Process()
         self.t0 = time.time()
-        self.c0 = self._cpu_now()
+        self.c0 = self._sample(memory=False)[0]
 
-    def _cpu_now(self) -> float:
+    def _sample(self, memory: bool = True) -> tuple[float, int]:
+        """(CPU-seconds, RSS in bytes) of the process tree, from one listing of its children
+        (listing them reads every process of /proc: once per progress row, not once per figure)."""
         t = self.proc.cpu_times()
-        total = t.user + t.system + t.children_user + t.children_system  # self + exited children
+        cpu = t.user + t.system + t.children_user + t.children_system  # self + exited children
+        rss = self.proc.memory_info().rss if memory else 0
         for child in self._children():
             try:
-                c = child.cpu_times()
-                total += c.user + c.system + c.children_user + c.children_system
+                with child.oneshot():
+                    c = child.cpu_times()
+                    cpu += c.user + c.system + c.children_user + c.children_system
+                    rss += child.memory_info().rss if memory else 0
             except psutil.Error:  # it exited between listing and reading
                 pass
-        return total
+        return cpu, rss
 
     def _children(self) -> list:
         try:
@@ -52,42 +57,34 @@ class ComputeMeter:
     def wall(self) -> float:
         return self.prev_wall + time.time() - self.t0
 
+    def _now(self) -> tuple[float, float]:
+        """(CPU-seconds so far, peak memory in MiB so far): one sample of the process tree."""
+        cpu_now, rss = self._sample()
+        own_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+        self.peak_mb = max(self.peak_mb, rss / 2**20, own_peak / 2**20)
+        return self.prev_cpu + max(0.0, cpu_now - self.c0), self.peak_mb
+
     def cpu(self) -> float:
-        return self.prev_cpu + max(0.0, self._cpu_now() - self.c0)
+        return self._now()[0]
 
     def sample_memory(self) -> float:
         """Current RSS of the process tree in MiB; updates and returns the peak."""
-        rss = self.proc.memory_info().rss
-        for child in self._children():
-            try:
-                rss += child.memory_info().rss
-            except psutil.Error:
-                pass
-        own_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-        self.peak_mb = max(self.peak_mb, rss / 2**20, own_peak / 2**20)
-        return self.peak_mb
+        return self._now()[1]
 
-    def energy_wh(self, cpu_s: Optional[float] = None) -> Optional[float]:
-        if not self.power_watts:
-            return None
-        return (self.cpu() if cpu_s is None else cpu_s) * self.power_watts / 3600.0
+    def _energy(self, cpu_s: float) -> dict:
+        return {"energy_wh": cpu_s * self.power_watts / 3600.0} if self.power_watts else {}
 
     def row(self) -> dict:
         """The cost columns of a progress row (samples memory)."""
-        cpu = self.cpu()
-        out = {"cpu_s": cpu, "peak_mem_mb": self.sample_memory()}
-        if self.power_watts:
-            out["energy_wh"] = self.energy_wh(cpu)
-        return out
+        cpu, peak = self._now()
+        return {"cpu_s": cpu, "peak_mem_mb": peak, **self._energy(cpu)}
 
     def state(self) -> dict:
         """What a checkpoint keeps so a resumed run continues the counters."""
-        return {"wall_s": self.wall(), "cpu_s": self.cpu(), "peak_mem_mb": self.sample_memory()}
+        cpu, peak = self._now()
+        return {"wall_s": self.wall(), "cpu_s": cpu, "peak_mem_mb": peak}
 
     def summary(self) -> dict:
-        cpu = self.cpu()
-        out = {"wall_s": self.wall(), "cpu_s": cpu, "peak_mem_mb": self.sample_memory()}
-        if self.power_watts:
-            out["power_watts"] = self.power_watts
-            out["energy_wh"] = self.energy_wh(cpu)
-        return out
+        cpu, peak = self._now()
+        power = {"power_watts": self.power_watts} if self.power_watts else {}
+        return {"wall_s": self.wall(), "cpu_s": cpu, "peak_mem_mb": peak, **power, **self._energy(cpu)}
