@@ -4,6 +4,7 @@
     python benchmarks/on_ray.py overhead --env LunarLander-v3 --steps 100000
     python benchmarks/on_ray.py actors --env LunarLander-v3 --steps 100000
     python benchmarks/on_ray.py overhead --algos a2c,a3c   # only those rows
+    python benchmarks/on_ray.py overhead --algos a3c --only "hogwild,8 segments" --rounds 3
     python benchmarks/on_ray.py nodes --env LunarLander-v3 --steps 100000
 
 overhead: the same 8 envs and the same update rule stepped by the synchronous runner (in this
@@ -17,6 +18,11 @@ nodes: PPO and A3C on a loopback cluster of 1, 2 and 3 worker nodes (1 CPU, one 
 and the round trip to every actor alone.
 Evaluation is off; each run prints one JSON line with steps/s over the whole run (Ray's start
 included) and in the steady state (first to last progress row), then a table of ratios.
+``--rounds N`` runs the chosen rows N times, interleaved (every row once per round), and the
+table gives each row's median and every round's ratio to its base row: on a VM whose speed
+drifts by 15% from one run to the next, only a ratio taken within one round means much.
+``--only`` keeps the rows whose label contains one of its comma-separated words (the base rows
+of the algorithms chosen always run).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import statistics
 import tempfile
 
 PPO = dict(n_steps=256, batch_size=256, n_epochs=4, gamma=0.999, gae_lambda=0.98, ent_coef=0.01, lr=3e-4)
@@ -49,7 +56,7 @@ def _run(label: str, algo: str, env: str, steps: int, **overrides) -> dict:
     return r
 
 
-def overhead(env: str, steps: int, algos: list[str]) -> None:
+def overhead(env: str, steps: int, algos: list[str], rounds: int = 1, only: str = "") -> None:
     runs = [
         ("ppo sync 8 envs", "ppo", dict(n_envs=8, vec="inprocess")),
         ("ppo sync 8 env subprocesses", "ppo", dict(n_envs=8, vec="subprocess")),
@@ -68,16 +75,29 @@ def overhead(env: str, steps: int, algos: list[str]) -> None:
         ("acer hogwild 2 workers x 4", "acer", dict(runner="async", workers=2, n_envs=4)),
         ("acer ray async 2 actors x 4", "acer", dict(runner="ray", ray_pattern="async", workers=2, n_envs=4)),
     ]
-    rows = {label: _run(label, algo, env, steps, **o) for label, algo, o in runs if algo in algos}
-    print("\n| run | steps/s (steady) | steps/s (whole run) | vs the local runner (steady) |")
-    print("|---|---:|---:|---:|")
     base = {"ppo": "ppo sync 8 envs", "a2c": "a2c sync 8 envs", "a3c": "a3c hogwild 2 workers x 4",
             "acer": "acer sync 8 envs", "acer async": "acer hogwild 2 workers x 4"}
-    for label, r in rows.items():
-        asynchronous = r["algo"] == "acer" and ("async" in label or "hogwild" in label)
-        b = rows[base["acer async" if asynchronous else r["algo"]]]
-        print(f"| {label} | {r['steady_steps_per_s']:,} | {r['steps_per_s']:,} | "
-              f"{r['steady_steps_per_s'] / b['steady_steps_per_s']:.2f}x |")
+
+    def base_of(label: str, algo: str) -> str:
+        return base["acer async" if algo == "acer" and ("async" in label or "hogwild" in label) else algo]
+
+    words = [w for w in only.split(",") if w]
+    runs = [(label, algo, o) for label, algo, o in runs if algo in algos
+            and (not words or label in base.values() or any(w in label for w in words))]
+    rounds_of: dict = {label: [] for label, _, _ in runs}
+    for _ in range(rounds):
+        for label, algo, o in runs:
+            rounds_of[label].append(_run(label, algo, env, steps, **o))
+    print("\n| run | steps/s (steady) | steps/s (whole run) | vs the local runner (steady) |")
+    print("|---|---:|---:|---:|")
+    for label, algo, _ in runs:
+        mine, theirs = rounds_of[label], rounds_of[base_of(label, algo)]
+        steady = [r["steady_steps_per_s"] for r in mine]
+        ratios = [a["steady_steps_per_s"] / b["steady_steps_per_s"] for a, b in zip(mine, theirs)]
+        each = f" (rounds: {', '.join(f'{x:.2f}x' for x in ratios)})" if rounds > 1 else ""
+        print(f"| {label} | {statistics.median(steady):,.0f} | "
+              f"{statistics.median(r['steps_per_s'] for r in mine):,.0f} | "
+              f"{statistics.median(ratios):.2f}x{each} |")
 
 
 def actors(env: str, steps: int) -> None:
@@ -153,9 +173,11 @@ def main() -> None:
     ap.add_argument("--env", default="LunarLander-v3")
     ap.add_argument("--steps", type=int, default=100_000)
     ap.add_argument("--algos", default="ppo,a2c,a3c,acer", help="overhead: the algorithms to run (default all)")
+    ap.add_argument("--rounds", type=int, default=1, help="overhead: run the rows this many times, interleaved")
+    ap.add_argument("--only", default="", help="overhead: only rows whose label has one of these words (a,b)")
     args = ap.parse_args()
     if args.what == "overhead":
-        overhead(args.env, args.steps, args.algos.split(","))
+        overhead(args.env, args.steps, args.algos.split(","), args.rounds, args.only)
     else:
         (actors if args.what == "actors" else nodes)(args.env, args.steps)
 
