@@ -146,6 +146,35 @@ def test_async_acer_on_ray_learns(tmp_path):
     assert ev["mean"] >= 150, (ev, s)
 
 
+def test_gradient_answers_match_a_local_worker_and_outlive_the_next_request():
+    """An asynchronous-pattern actor writes each answer's gradients into one array it keeps across
+    requests: each row must be exactly the gradient a local Worker with the same seeds and weights
+    computes, and an answer already received must not change when the actor answers again."""
+    import numpy as np
+
+    from contrl.config import build_config
+    from contrl.runners.collect import Worker
+    from contrl.runners.ray_runner import EnvActor, from_flat, to_flat
+
+    cfg = build_config("a3c", "CartPole-v1", overrides={"runner": "ray", "workers": 1, "n_envs": 2,
+                                                        "norm_obs": False, "norm_reward": False})
+    local = Worker(cfg, [5, 6], 11, None, gradients=True, first=0)
+    weights = to_flat(local.rule.weights())
+    actor = ray.remote(EnvActor).remote(cfg.to_json(), [5, 6], 11, 1, True, 0)
+    first = ray.get(actor.gradients.remote(weights, None, 2))
+    kept = first["grads"].copy()
+    second = ray.get(actor.gradients.remote(weights, None, 2))
+    ray.kill(actor)
+    expected = []
+    for _ in range(4):
+        from_flat(weights, local.rule.weights())
+        local.gradients()
+        expected.append(to_flat(local.grads()))
+    assert first["grads"].shape == (2, weights.size) and np.array_equal(first["grads"], kept)
+    assert np.array_equal(np.concatenate([first["grads"], second["grads"]]), np.stack(expected))
+    assert not np.array_equal(expected[0], expected[1]) and np.abs(expected[0]).sum() > 0
+
+
 def _episodes(run):
     """episodes.csv without its wall-clock column."""
     rows = (Path(run) / "episodes.csv").read_text().splitlines()
