@@ -147,9 +147,9 @@ def test_async_acer_on_ray_learns(tmp_path):
 
 
 def test_gradient_answers_match_a_local_worker_and_outlive_the_next_request():
-    """An asynchronous-pattern actor writes each answer's gradients into one array it keeps across
-    requests: each row must be exactly the gradient a local Worker with the same seeds and weights
-    computes, and an answer already received must not change when the actor answers again."""
+    """What an asynchronous-pattern actor answers (``[segments, params]`` gradients, all with the
+    request's weights) is exactly what a local Worker with the same seeds and weights computes,
+    row for row, and an answer already received does not change when the actor answers again."""
     import numpy as np
 
     from contrl.config import build_config

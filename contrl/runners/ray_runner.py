@@ -166,25 +166,14 @@ class EnvActor:
         """Asynchronous pattern: the gradients of the rule's next ``segments`` updates, all with
         these weights (``[segments, params]``), each with its statistics, env steps and episodes."""
         self._begin(weights, self.w.rule.weights(), obs_stats)
-        out = self._grads_buffer(segments)
-        stats, steps, episodes = [], [], []
+        grads, stats, steps, episodes = [], [], [], []
         for i in range(segments):
             s, n, e = _in_segment(i, self.w.rollout.T, self.w.gradients)
-            with torch.no_grad():  # straight into the answer's row: no per-gradient array, no stack
-                torch.cat([g.reshape(-1) for g in self.w.grads()], out=torch.from_numpy(out[i]))
+            grads.append(to_flat(self.w.grads()))
             stats.append(s)
             steps.append(n)
             episodes.append(e)
-        return self._answer(episodes, grads=out, stats=stats, steps=steps)
-
-    def _grads_buffer(self, segments: int) -> np.ndarray:
-        """The ``[segments, params]`` array answers are written into, kept across requests (a fresh
-        one per request costs page faults on every MiB): Ray copies it into its object store when
-        the answer is returned, before the next request can write it."""
-        buf = getattr(self, "_grads", None)
-        if buf is None or buf.shape[0] != segments:
-            buf = self._grads = np.empty((segments, sum(p.numel() for p in self.w.rule.params)), np.float32)
-        return buf
+        return self._answer(episodes, grads=np.stack(grads), stats=stats, steps=steps)
 
     def get_state(self) -> dict:
         w = self.w
@@ -460,10 +449,6 @@ class RayGradientEnvs(OnRay):
         """One actor's answer: its ``ray_segments`` gradients, each stepped as the rule steps it."""
         ray, rule, cfg = self.actors.ray, self.rule, self.cfg
         if not self.pending:
-            # the gradients arrive into one buffer whose views are the parameters' .grad in turn
-            self._grad_flat = np.empty(sum(q.numel() for q in rule.params), np.float32)
-            views = torch.from_numpy(self._grad_flat).split([q.numel() for q in rule.params])
-            self._grad_views = [v.view_as(q) for v, q in zip(views, rule.params)]
             self.actors.launch(self._seeds)
             self.weights = ray.put(to_flat(rule.weights()))
             for j in range(self.W):
@@ -485,9 +470,9 @@ class RayGradientEnvs(OnRay):
             if i:
                 rule.set_progress(min(at / cfg.steps, 1.0))
             if not stats.get("skipped_updates"):  # (nan_policy skip_update: a non-finite one is dropped)
-                np.copyto(self._grad_flat, flat)  # a copy: Ray's arrays are read-only, and clipping scales in place
-                for q, g in zip(rule.params, self._grad_views):
-                    q.grad = g
+                grads = torch.from_numpy(flat.copy()).split([q.numel() for q in rule.params])
+                for q, g in zip(rule.params, grads):
+                    q.grad = g.view_as(q)
                 rule.step()
             self.episodes(episode_rows(res["episodes"][i], at, self.k, j * self.k))
             window.add(stats, steps)
