@@ -155,7 +155,9 @@ def test_gradient_answers_match_a_local_worker_and_outlive_the_next_request():
     from contrl.config import build_config
     from contrl.runners.collect import Worker
     from contrl.runners.ray_runner import EnvActor, from_flat, to_flat
+    from contrl.threads import set_threads
 
+    set_threads(1)  # as the actor: another thread count sums the matmuls in another order
     cfg = build_config("a3c", "CartPole-v1", overrides={"runner": "ray", "workers": 1, "n_envs": 2,
                                                         "norm_obs": False, "norm_reward": False})
     local = Worker(cfg, [5, 6], 11, None, gradients=True, first=0)
