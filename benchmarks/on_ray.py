@@ -6,6 +6,7 @@
     python benchmarks/on_ray.py overhead --algos a2c,a3c   # only those rows
     python benchmarks/on_ray.py overhead --algos a3c --only "hogwild,8 segments" --rounds 3
     python benchmarks/on_ray.py nodes --env LunarLander-v3 --steps 100000
+    python benchmarks/on_ray.py cpu --env LunarLander-v3 --steps 100000
 
 overhead: the same 8 envs and the same update rule stepped by the synchronous runner (in this
 process, then in env subprocesses) and by the Ray runner (2 actors x 4 envs, then 1 actor x 8),
@@ -16,6 +17,9 @@ ACER (its LunarLander preset) synchronous on both, and asynchronous on Hogwild a
 actors: PPO on the Ray runner with 1, 2 and 4 actors of 4 envs each.
 nodes: PPO and A3C on a loopback cluster of 1, 2 and 3 worker nodes (1 CPU, one actor each),
 and the round trip to every actor alone.
+cpu: A3C (8 segments per request) on Ray with 1 and 2 actors of 4 envs, and on the Hogwild runner
+with 2 workers: the CPU-seconds of every process of the machine over each run (``/proc``, sampled
+every 0.5 s), per 20-step gradient -- which process pays for what.
 Evaluation is off; each run prints one JSON line with steps/s over the whole run (Ray's start
 included) and in the steady state (first to last progress row), then a table of ratios.
 ``--rounds N`` runs the chosen rows N times, interleaved (every row once per round), and the
@@ -167,9 +171,51 @@ def nodes(env: str, steps: int) -> None:
               f"{got['round trip']['round_trip_ms']:.2f} ms |")
 
 
+def _cpu_of_processes() -> dict:
+    """{pid: (CPU-seconds so far, command line)} of every process (Linux /proc)."""
+    import glob
+    import os
+
+    tick, out = os.sysconf("SC_CLK_TCK"), {}
+    for path in glob.glob("/proc/[0-9]*"):
+        try:
+            fields = open(path + "/stat").read().rsplit(")", 1)[1].split()
+            cmd = open(path + "/cmdline").read().replace("\0", " ").strip()[:70]
+        except OSError:
+            continue
+        out[int(path[6:])] = ((int(fields[11]) + int(fields[12])) / tick, cmd)
+    return out
+
+
+def cpu(env: str, steps: int) -> None:
+    import threading
+
+    for label, runner, workers in (("ray, 1 actor x 4", "ray", 1), ("ray, 2 actors x 4", "ray", 2),
+                                   ("hogwild, 2 workers x 4", "async", 2)):
+        before, last, stop = _cpu_of_processes(), {}, threading.Event()
+
+        def watch() -> None:  # the actors and workers are gone when the run returns: keep their last figures
+            while not stop.wait(0.5):
+                last.update(_cpu_of_processes())
+
+        thread = threading.Thread(target=watch, daemon=True)
+        thread.start()
+        extra = {"ray_segments": 8} if runner == "ray" else {}
+        r = _run(f"a3c {label}", "a3c", env, steps, runner=runner, workers=workers, n_envs=4, **extra)
+        stop.set()
+        thread.join()
+        last.update(_cpu_of_processes())
+        gradients = r["steps"] / A2C["n_steps"] / 4
+        rows = sorted(((c - before.get(pid, (0.0, ""))[0], cmd) for pid, (c, cmd) in last.items()), reverse=True)
+        print(f"\n{label}: {r['steady_steps_per_s']:,} steps/s (steady), {gradients:,.0f} gradients")
+        for seconds, cmd in rows[:6]:
+            if seconds > 0.2:
+                print(f"  {seconds:7.2f} CPU-s  {1000 * seconds / gradients:5.2f} ms per gradient  {cmd}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["overhead", "actors", "nodes"])
+    ap.add_argument("what", choices=["overhead", "actors", "nodes", "cpu"])
     ap.add_argument("--env", default="LunarLander-v3")
     ap.add_argument("--steps", type=int, default=100_000)
     ap.add_argument("--algos", default="ppo,a2c,a3c,acer", help="overhead: the algorithms to run (default all)")
@@ -179,7 +225,7 @@ def main() -> None:
     if args.what == "overhead":
         overhead(args.env, args.steps, args.algos.split(","), args.rounds, args.only)
     else:
-        (actors if args.what == "actors" else nodes)(args.env, args.steps)
+        {"actors": actors, "nodes": nodes, "cpu": cpu}[args.what](args.env, args.steps)
 
 
 if __name__ == "__main__":
