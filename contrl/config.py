@@ -107,7 +107,8 @@ def _check_common(p) -> None:
 
 def _check_optimizer(p) -> None:
     """The keys of the optimisers in algos/optim.py (a2c, acer)."""
-    _need(p.optimizer in ("rmsprop", "adam"), f"optimizer must be rmsprop or adam, got '{p.optimizer}'")
+    _need(p.optimizer in ("rmsprop", "rmsprop_torch", "adam"),
+          f"optimizer must be rmsprop, rmsprop_torch or adam, got '{p.optimizer}'")
     _need(0 <= p.alpha < 1, f"alpha (RMSprop decay) must be in [0, 1), got {p.alpha}")
     _need(p.eps > 0, f"eps must be > 0, got {p.eps}")
 
@@ -168,7 +169,7 @@ class A2CConfig:
     vf_coef: float = 0.5  # value loss coefficient: loss += vf_coef * MSE(V, returns), as SB3
     max_grad_norm: float = 0.5  # gradient-norm clipping (0: off)
     normalize_advantage: bool = False  # normalise advantages over each update's batch
-    optimizer: str = "rmsprop"  # rmsprop (TensorFlow-style: eps inside the sqrt) | adam
+    optimizer: str = "rmsprop"  # rmsprop (TensorFlow's: eps inside the sqrt) | rmsprop_torch (torch's, SB3's) | adam
     alpha: float = 0.99  # RMSprop decay of the squared-gradient average
     eps: float = 1e-5  # RMSprop / Adam epsilon
 
@@ -202,7 +203,7 @@ class ACERConfig:
     avg_decay: float = 0.99  # Polyak decay of the average policy network (the paper's alpha)
     sdn_samples: int = 5  # continuous: actions u_i ~ pi in the SDN's mean_i A(s, u_i)
     q_opc: Optional[bool] = None  # Q_opc (Retrace with c = 1) in the policy gradient; None: continuous only
-    optimizer: str = "rmsprop"  # rmsprop (TensorFlow-style: eps inside the sqrt) | adam
+    optimizer: str = "rmsprop"  # rmsprop (TensorFlow's: eps inside the sqrt) | rmsprop_torch (torch's, SB3's) | adam
     alpha: float = 0.99  # RMSprop decay of the squared-gradient average
     eps: float = 1e-5  # RMSprop / Adam epsilon
 

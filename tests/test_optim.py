@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from contrl.algos.optim import Adam, RMSpropTF
+from contrl.algos.optim import Adam, RMSpropTF, RMSpropTorch
 
 
 def test_rmsprop_tf_style_by_hand():
@@ -16,6 +16,25 @@ def test_rmsprop_tf_style_by_hand():
     v = 0.9 * 1.0 + 0.1 * torch.tensor([0.25, 9.0])  # the average starts at 1 (TensorFlow)
     expected = torch.tensor([1.0, -2.0]) - 0.1 * torch.tensor([0.5, 3.0]) / torch.sqrt(v + 1e-3)
     assert torch.allclose(p.detach(), expected, atol=1e-7)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_rmsprop_torch_matches_torch_rmsprop(shared):
+    """optimizer=rmsprop_torch: torch.optim.RMSprop's step (SB3's A2C default), shared or not."""
+    torch.manual_seed(0)
+    a = torch.randn(5, 3, requires_grad=True)
+    b = a.detach().clone().requires_grad_(True)
+    ours = RMSpropTorch([a], lr=0.01, alpha=0.99, eps=1e-5)
+    ref = torch.optim.RMSprop([b], lr=0.01, alpha=0.99, eps=1e-5)
+    if shared:
+        ours.share_memory()
+    for i in range(7):
+        g = torch.randn(5, 3) * (1e-4 if i < 3 else 1.0)  # small gradients too, where eps's place matters
+        a.grad, b.grad = g.clone(), g.clone()
+        ours.step()
+        ref.step()
+    assert torch.allclose(a, b, atol=1e-6)
+    assert torch.allclose(ours.state["square_avg"][0], ref.state[b]["square_avg"], atol=1e-7)
 
 
 @pytest.mark.parametrize("shared", [False, True])
@@ -48,7 +67,7 @@ def test_learning_rate_lives_in_param_groups_as_in_torch():
     assert opt.lr == 0.0 and torch.equal(p.detach(), torch.zeros(2))
 
 
-@pytest.mark.parametrize("cls", [RMSpropTF, Adam])
+@pytest.mark.parametrize("cls", [RMSpropTF, RMSpropTorch, Adam])
 def test_shared_optimizer_state_lives_in_shared_memory_and_advances_with_every_worker(cls):
     """Two worker processes, each given the optimiser itself (its parameters and statistics
     travel as shared-memory handles), step the same statistics: the result equals one optimiser

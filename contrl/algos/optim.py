@@ -8,6 +8,8 @@ tensors unshared (A2C).
 
 - :class:`RMSpropTF`: TensorFlow's RMSprop, as the A2C/A3C papers and Stable-Baselines used it:
   the epsilon inside the square root, ``p -= lr * g / sqrt(v + eps)``, and ``v`` starting at 1.
+- :class:`RMSpropTorch`: ``torch.optim.RMSprop``'s (what Stable-Baselines3's A2C steps by
+  default): ``p -= lr * g / (sqrt(v) + eps)``, ``v`` starting at 0.
 - :class:`Adam`: Kingma & Ba with bias correction; the step count is a shared tensor too. Shared
   (Hogwild), each element's step is clipped to the largest one consistent statistics can give,
   which bounds the steps torn statistics give; in one process (A2C, ACER, the Ray learner), where
@@ -102,6 +104,22 @@ class RMSpropTF(_SharedStatsOptimizer):
         torch._foreach_addcdiv_(self.params, grads, denom, value=-self.lr)
 
 
+class RMSpropTorch(RMSpropTF):
+    """v <- alpha * v + (1 - alpha) * g^2;  p <- p - lr * g / (sqrt(v) + eps);  v starts at 0
+    (``torch.optim.RMSprop`` without momentum or centring: Stable-Baselines3's A2C default)."""
+
+    def _init(self, name, p):
+        return torch.zeros_like(p, memory_format=torch.contiguous_format)
+
+    def _update(self, grads) -> None:
+        sq = self.state["square_avg"]
+        torch._foreach_mul_(sq, self.alpha)
+        torch._foreach_addcmul_(sq, grads, grads, value=1 - self.alpha)
+        denom = torch._foreach_sqrt(sq)
+        torch._foreach_add_(denom, self.eps)
+        torch._foreach_addcdiv_(self.params, grads, denom, value=-self.lr)
+
+
 class Adam(_SharedStatsOptimizer):
     """Adam with bias correction; ``eps`` outside the square root as in the paper."""
 
@@ -157,8 +175,8 @@ class Adam(_SharedStatsOptimizer):
 
 
 def make_optimizer(name: str, params, lr: float, alpha: float, eps: float):
-    if name == "rmsprop":
-        return RMSpropTF(params, lr, alpha=alpha, eps=eps)
+    if name in ("rmsprop", "rmsprop_torch"):
+        return (RMSpropTF if name == "rmsprop" else RMSpropTorch)(params, lr, alpha=alpha, eps=eps)
     return Adam(params, lr, eps=eps)
 
 
