@@ -30,7 +30,7 @@ from contrl.errors import ContrlError
     ("ppx", {}, ["unknown algorithm 'ppx'", "ppo"]),
     ("a2c", dict(overrides={"clip_range": 0.2}), ["unknown config key 'clip_range'"]),
     ("a2c", dict(overrides={"ppo.lr": 1e-3}), ["belongs to the ppo update rule", "a2c.lr"]),
-    ("a2c", dict(overrides={"optimizer": "sgd"}), ["optimizer must be rmsprop or adam"]),
+    ("a2c", dict(overrides={"optimizer": "sgd"}), ["optimizer must be rmsprop, rmsprop_torch or adam"]),
     ("a2c", dict(overrides={"workers": 4}), ["'workers' applies to the asynchronous and Ray runners", "--runner ray"]),
     ("a2c", dict(overrides={"runner": "async"}), ["a2c runs on the sync or ray runner", "contrl train a3c"]),
     ("a3c", dict(overrides={"workers": 0}), ["workers must be >= 1"]),
@@ -41,7 +41,7 @@ from contrl.errors import ContrlError
     ("acer", dict(overrides={"workers": 3}), ["'workers' applies to the asynchronous and Ray", "--runner async"]),
     ("acer", dict(overrides={"replay_start": 999999}), ["replay_start 999999 must be"]),
     ("acer", dict(overrides={"c": 0}), ["c (importance-weight truncation) must be > 0"]),
-    ("acer", dict(overrides={"optimizer": "sgd"}), ["optimizer must be rmsprop or adam"]),
+    ("acer", dict(overrides={"optimizer": "sgd"}), ["optimizer must be rmsprop, rmsprop_torch or adam"]),
     ("acer", dict(overrides={"gae_lambda": 0.9}), ["unknown config key 'gae_lambda'"]),
     ("acer", dict(overrides={"runner": "async", "workers": 2, "steps": 10}), ["less than one round of updates"]),
 ])
