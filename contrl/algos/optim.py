@@ -99,9 +99,12 @@ class RMSpropTF(_SharedStatsOptimizer):
         sq = self.state["square_avg"]
         torch._foreach_mul_(sq, self.alpha)
         torch._foreach_addcmul_(sq, grads, grads, value=1 - self.alpha)
+        torch._foreach_addcdiv_(self.params, grads, self._denom(sq), value=-self.lr)
+
+    def _denom(self, sq) -> list:
         denom = torch._foreach_add(sq, self.eps)
         torch._foreach_sqrt_(denom)
-        torch._foreach_addcdiv_(self.params, grads, denom, value=-self.lr)
+        return denom
 
 
 class RMSpropTorch(RMSpropTF):
@@ -111,13 +114,10 @@ class RMSpropTorch(RMSpropTF):
     def _init(self, name, p):
         return torch.zeros_like(p, memory_format=torch.contiguous_format)
 
-    def _update(self, grads) -> None:
-        sq = self.state["square_avg"]
-        torch._foreach_mul_(sq, self.alpha)
-        torch._foreach_addcmul_(sq, grads, grads, value=1 - self.alpha)
+    def _denom(self, sq) -> list:
         denom = torch._foreach_sqrt(sq)
         torch._foreach_add_(denom, self.eps)
-        torch._foreach_addcdiv_(self.params, grads, denom, value=-self.lr)
+        return denom
 
 
 class Adam(_SharedStatsOptimizer):
