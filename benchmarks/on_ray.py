@@ -6,20 +6,26 @@
     python benchmarks/on_ray.py overhead --algos a2c,a3c   # only those rows
     python benchmarks/on_ray.py overhead --algos a3c --only "hogwild,8 segments" --rounds 3
     python benchmarks/on_ray.py nodes --env LunarLander-v3 --steps 100000
-    python benchmarks/on_ray.py cpu --env LunarLander-v3 --steps 100000
+    python benchmarks/on_ray.py cpu --env LunarLander-v3 --steps 100000 --segments 16
+    python benchmarks/on_ray.py transport --segments 1,8,16,32
+    python benchmarks/on_ray.py lag --segments 1,16 --seeds 0-6
 
 overhead: the same 8 envs and the same update rule stepped by the synchronous runner (in this
 process, then in env subprocesses) and by the Ray runner (2 actors x 4 envs, then 1 actor x 8),
 for PPO (rollouts of 8 x 256 steps) and A2C (rollouts of 8 x 5: a Ray round trip every 40
 steps, the worst case; then 4 and 8 segments per request, ``ray_segments``), A3C on the Hogwild
-runner vs the Ray runner (2 workers x 4 envs; 1, 4 and 8 gradients per request), and
+runner vs the Ray runner (2 workers x 4 envs; 1, 4, 8 and 16 gradients per request), and
 ACER (its LunarLander preset) synchronous on both, and asynchronous on Hogwild and on Ray.
 actors: PPO on the Ray runner with 1, 2 and 4 actors of 4 envs each.
 nodes: PPO and A3C on a loopback cluster of 1, 2 and 3 worker nodes (1 CPU, one actor each),
 and the round trip to every actor alone.
-cpu: A3C (8 segments per request) on Ray with 1 and 2 actors of 4 envs, and on the Hogwild runner
+cpu: A3C (``--segments``, default 8 per request) on Ray with 1 and 2 actors of 4 envs, and on the Hogwild runner
 with 2 workers: the CPU-seconds of every process of the machine over each run (``/proc``, sampled
 every 0.5 s), per 20-step gradient -- which process pays for what.
+transport: what one answer of K gradients costs the driver, each actor and the raylet when
+nothing else happens (arrays of the A3C runs' parameter count, no envs, no model).
+lag: A3C's final return on CartPole-v1 (2 actors x 4 envs, 100k steps) per ``ray_segments`` and
+seed -- whether the policy lag K segments bring costs learning.
 Evaluation is off; each run prints one JSON line with steps/s over the whole run (Ray's start
 included) and in the steady state (first to last progress row), then a table of ratios.
 ``--rounds N`` runs the chosen rows N times, interleaved (every row once per round), and the
@@ -74,6 +80,7 @@ def overhead(env: str, steps: int, algos: list[str], rounds: int = 1, only: str 
         ("a3c ray 2 actors x 4", "a3c", dict(runner="ray", workers=2, n_envs=4)),
         ("a3c ray 2 actors x 4, 4 segments", "a3c", dict(runner="ray", workers=2, n_envs=4, ray_segments=4)),
         ("a3c ray 2 actors x 4, 8 segments", "a3c", dict(runner="ray", workers=2, n_envs=4, ray_segments=8)),
+        ("a3c ray 2 actors x 4, 16 segments", "a3c", dict(runner="ray", workers=2, n_envs=4, ray_segments=16)),
         ("acer sync 8 envs", "acer", dict(n_envs=8, vec="inprocess")),
         ("acer ray 2 actors x 4", "acer", dict(runner="ray", workers=2, n_envs=4)),
         ("acer hogwild 2 workers x 4", "acer", dict(runner="async", workers=2, n_envs=4)),
@@ -187,7 +194,7 @@ def _cpu_of_processes() -> dict:
     return out
 
 
-def cpu(env: str, steps: int) -> None:
+def cpu(env: str, steps: int, segments: int = 8) -> None:
     import threading
 
     for label, runner, workers in (("ray, 1 actor x 4", "ray", 1), ("ray, 2 actors x 4", "ray", 2),
@@ -200,7 +207,7 @@ def cpu(env: str, steps: int) -> None:
 
         thread = threading.Thread(target=watch, daemon=True)
         thread.start()
-        extra = {"ray_segments": 8} if runner == "ray" else {}
+        extra = {"ray_segments": segments} if runner == "ray" else {}
         r = _run(f"a3c {label}", "a3c", env, steps, runner=runner, workers=workers, n_envs=4, **extra)
         stop.set()
         thread.join()
@@ -213,19 +220,124 @@ def cpu(env: str, steps: int) -> None:
                 print(f"  {seconds:7.2f} CPU-s  {1000 * seconds / gradients:5.2f} ms per gradient  {cmd}")
 
 
+def transport(env: str, answers: int, segments: list[int]) -> None:
+    """What moving one answer costs each process, without any env or model work: two actors
+    answer ``[K, P]`` float32 arrays (P: the parameters of the A3C runs above) to a driver that
+    puts P-float weights in the object store per request and copies each row out, as the
+    asynchronous pattern's learner does."""
+    import os
+    import time
+
+    import numpy as np
+    import ray
+
+    from contrl.agent import build_model
+    from contrl.config import build_config
+    from contrl.envs.make import env_spaces
+    from contrl.runners.ray_runner import loopback_only
+
+    cfg = build_config("a3c", env, overrides={**A2C, "workers": 2, "n_envs": 4})
+    P = sum(p.numel() for p in build_model(cfg, *env_spaces(cfg.env, cfg.env_kwargs)).parameters())
+    undo = loopback_only()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        @ray.remote(num_cpus=1)
+        class Answerer:
+            def __init__(self, k: int):
+                self.g = np.ones((k, P), np.float32)
+
+            def grads(self, weights):
+                np.array(weights)  # the actor copies the weights in
+                return {"grads": self.g.copy(), "stats": [{"loss": 1.0}] * len(self.g)}
+
+            def pid(self) -> int:
+                return os.getpid()
+
+        print(f"\n{P:,} parameters ({P * 4 / 1e3:,.0f} kB), {answers} answers per row\n")
+        print("| segments per answer | driver, ms per answer | actor, ms per answer | raylet, ms per answer | "
+              "all, ms per gradient |")
+        print("|---:|---:|---:|---:|---:|")
+        for k in segments:
+            actors = [Answerer.remote(k) for _ in range(2)]
+            w = np.zeros(P, np.float32)
+            ray.get([a.grads.remote(w) for a in actors])
+            pids = set(ray.get([a.pid.remote() for a in actors]))
+            before, c0 = _cpu_of_processes(), time.process_time()
+            pending = {a.grads.remote(ray.put(w)): a for a in actors}
+            for _ in range(answers):
+                [done], _ = ray.wait(list(pending), num_returns=1)
+                a = pending.pop(done)
+                for g in ray.get(done)["grads"]:
+                    g.copy()
+                pending[a.grads.remote(ray.put(w))] = a
+            ray.get(list(pending))
+            driver, after = time.process_time() - c0, _cpu_of_processes()
+            spent = {pid: c - before.get(pid, (0.0, ""))[0] for pid, (c, _) in after.items()}
+            actor = sum(spent.get(pid, 0.0) for pid in pids) / answers  # the answering actor's side
+            raylet = sum(t for pid, t in spent.items() if "raylet" in after[pid][1]) / answers
+            per = 1000 / answers
+            print(f"| {k} | {driver * per:.2f} | {actor * 1000:.2f} | {raylet * 1000:.2f} | "
+                  f"{(driver / answers + actor + raylet) * 1000 / k:.2f} |")
+            for a in actors:
+                ray.kill(a)
+    finally:
+        ray.shutdown()
+        undo()
+
+
+def lag(env: str, steps: int, segments: list[int], seeds: list[int]) -> None:
+    """Whether the policy lag of ``ray_segments`` costs A3C learning: its defaults on ``env``,
+    2 actors x 4 envs, each K and seed; the final return (20 deterministic episodes)."""
+    from contrl.api import train
+
+    finals: dict = {k: [] for k in segments}
+    for k in segments:
+        for seed in seeds:
+            with tempfile.TemporaryDirectory() as d:
+                agent = train("a3c", env, steps=steps, seed=seed, out=f"{d}/run", quiet=True, tensorboard=False,
+                              overrides={"runner": "ray", "workers": 2, "n_envs": 4, "ray_segments": k})
+            finals[k].append(agent.summary["final_eval"]["mean"])
+            print(json.dumps({"ray_segments": k, "seed": seed, "final": round(finals[k][-1], 1),
+                              "steps_per_s": round(agent.summary["steps_per_s"])}), flush=True)
+    print(f"\n| `ray_segments` | finals, seeds {','.join(map(str, seeds))} | mean |")
+    print("|---:|---|---:|")
+    for k in segments:
+        print(f"| {k} | {', '.join(f'{x:.1f}' for x in finals[k])} | {statistics.mean(finals[k]):.1f} |")
+
+
+def _ints(text: str) -> list[int]:
+    """1,8,16 or 0-6."""
+    if "-" in text:
+        a, b = text.split("-")
+        return list(range(int(a), int(b) + 1))
+    return [int(x) for x in text.split(",")]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["overhead", "actors", "nodes", "cpu"])
-    ap.add_argument("--env", default="LunarLander-v3")
+    ap.add_argument("what", choices=["overhead", "actors", "nodes", "cpu", "transport", "lag"])
+    ap.add_argument("--env", default=None, help="default LunarLander-v3; lag: CartPole-v1")
     ap.add_argument("--steps", type=int, default=100_000)
     ap.add_argument("--algos", default="ppo,a2c,a3c,acer", help="overhead: the algorithms to run (default all)")
     ap.add_argument("--rounds", type=int, default=1, help="overhead: run the rows this many times, interleaved")
     ap.add_argument("--only", default="", help="overhead: only rows whose label has one of these words (a,b)")
+    ap.add_argument("--segments", default=None,
+                    help="cpu: ray_segments of the Ray runs (default 8); transport: a list (default 1,8,16,32); "
+                         "lag: a list (default 1,16)")
+    ap.add_argument("--seeds", default="0-6", help="lag: the seeds (a range 0-6 or a list 0,3)")
+    ap.add_argument("--answers", type=int, default=500, help="transport: answers per row")
     args = ap.parse_args()
+    env = args.env or ("CartPole-v1" if args.what == "lag" else "LunarLander-v3")
     if args.what == "overhead":
-        overhead(args.env, args.steps, args.algos.split(","), args.rounds, args.only)
+        overhead(env, args.steps, args.algos.split(","), args.rounds, args.only)
+    elif args.what == "cpu":
+        cpu(env, args.steps, int(args.segments or 8))
+    elif args.what == "transport":
+        transport(env, args.answers, _ints(args.segments or "1,8,16,32"))
+    elif args.what == "lag":
+        lag(env, args.steps, _ints(args.segments or "1,16"), _ints(args.seeds))
     else:
-        {"actors": actors, "nodes": nodes, "cpu": cpu}[args.what](args.env, args.steps)
+        {"actors": actors, "nodes": nodes}[args.what](env, args.steps)
 
 
 if __name__ == "__main__":

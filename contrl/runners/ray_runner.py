@@ -427,7 +427,7 @@ class RayEnvs(OnRay, LocalEnvs):
 class RayGradientEnvs(OnRay):
     """Asynchronous pattern: one iteration = one actor's gradient, applied as it arrives."""
 
-    gradients = True
+    gradients, timed_rows = True, True  # rows about every second, as Hogwild's (answers come as they come)
     resumes = ("the model, the rule's state, the observation statistics and each actor's reward scaler; the "
                "actors start on fresh seeds (with empty replay memories)")
 
