@@ -241,7 +241,7 @@ def test_a_runs_own_local_ray_binds_loopback_only(tmp_path):
     """Without --ray-address a run starts its own Ray, on 127.0.0.1 only (Ray on Linux would
     otherwise bind and advertise the host's outward address), also when nothing in the
     environment asks for it; the run's summary and log say where each actor ran."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_AUTH_MODE")}
     code = ("import json, os, sys\n"
             "from contrl.api import train\n"
             "from ray._private import services\n"
@@ -249,7 +249,8 @@ def test_a_runs_own_local_ray_binds_loopback_only(tmp_path):
             "              overrides={'runner': 'ray', 'workers': 1, 'n_envs': 8, 'eval_every': 10**9,\n"
             "                         'final_eval_episodes': 1})\n"
             "print(json.dumps(agent.summary['ray_actor_nodes']))\n"
-            "assert 'RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER' not in os.environ  # undone when the run's Ray stops\n")
+            "assert 'RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER' not in os.environ  # undone when the run's Ray stops\n"
+            "assert 'RAY_AUTH_MODE' not in os.environ  # what its ray.init set (token authentication) too\n")
     res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], capture_output=True, text=True,
                          timeout=300, env={**env, "PYTHONPATH": str(ROOT)})
     assert res.returncode == 0, res.stderr[-3000:]
@@ -275,6 +276,24 @@ def test_ray_errors(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     with pytest.raises(ContrlError, match=r'--runner ray needs Ray: pip install "contrl\[ray\]"'):
         _ray_train("ppo", 4096, 0, tmp_path / "e")
+
+
+def test_a_ray_error_the_runner_does_not_name_is_one_line_naming_ray(tmp_path, monkeypatch):
+    """A Ray exception the runner has no message of its own for (here the RaySystemError Ray
+    raised when it cancelled a run's actors) stops the run in one line that names Ray and where
+    to look, not as "an error of contrl itself"."""
+    from contrl.errors import Fault
+    from contrl.runners.ray_runner import RayActors
+
+    def cancelled(self, method, args):
+        raise ray.exceptions.RaySystemError("Actor creation cancelled.")
+
+    monkeypatch.setattr(RayActors, "call_all", cancelled)
+    with pytest.raises(Fault) as e:
+        _ray_train("ppo", 4096, 0, tmp_path / "run", workers=1, n_envs=8)
+    assert str(e.value).startswith("after step 0: Ray failed: RaySystemError (System error: Actor creation "
+                                   "cancelled.); check the cluster (`ray status`) and Ray's logs"), str(e.value)
+    assert "error of contrl itself" not in str(e.value)
 
 
 def test_async_resume_restores_each_actors_reward_scaler(tmp_path):

@@ -2,7 +2,8 @@
 worker nodes, each its own raylet with its own resources, every address on the loopback
 interface (tests/conftest.py keeps every Ray a test starts on 127.0.0.1). A run joins it with
 ``ray_address``, spreads its actors over the worker nodes, says where each ran, and leaves the
-cluster running with none of its actors left, also after Ctrl-C (default run). Slow-marked: A3C
+cluster running with none of its actors left, also after Ctrl-C, and after a run of the same
+process on a Ray of its own (default run). Slow-marked: A3C
 learning with its actors on two nodes, a learner killed and its run resumed exactly on another
 Ray, a node lost mid-run (its actor moves to the spare node, the run goes on and learns), and a
 node lost with no room left for its actor (the run stops in one line, keeping its checkpoint)."""
@@ -87,6 +88,24 @@ def test_ctrl_c_on_a_cluster_run_leaves_no_actor_and_the_cluster_running(cluster
               eval_hook=interrupt)
     assert (tmp_path / "run" / "checkpoints" / "latest.pt").exists()
     assert not ray.is_initialized() and _contrl_actors(c.address) == []
+
+
+def test_a_run_on_its_own_ray_then_one_on_the_cluster_in_one_process(cluster, tmp_path, monkeypatch):
+    """A run that starts a Ray of its own, then in the same process a run that joins the cluster
+    (a notebook: try locally, then on the cluster). Ray 2.60's ``ray.init`` of a new local Ray
+    turns token authentication on for the whole process; left on, the cluster (started without
+    it) cancelled every actor the second run created ("ray actor 0 failed 4 times")."""
+    c, _ = cluster
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)  # as in a fresh process
+    short = {"runner": "ray", "workers": 1, "n_envs": 4, "n_steps": 128, "batch_size": 256, "n_epochs": 1,
+             "eval_every": 10**9, "final_eval_episodes": 1}
+    train("ppo", "CartPole-v1", steps=1024, out=tmp_path / "own", quiet=True, tensorboard=False,
+          overrides={**short, "ray_address": ""})
+    assert "RAY_AUTH_MODE" not in os.environ and not ray.is_initialized()
+    agent = train("ppo", "CartPole-v1", steps=1024, out=tmp_path / "joined", quiet=True, tensorboard=False,
+                  overrides={**short, "ray_address": c.address, "workers": 2})
+    assert agent.summary["steps"] >= 1024 and agent.summary["ray_actor_restarts"] == [0, 0]
+    assert _contrl_actors(c.address) == []
 
 
 @pytest.mark.slow

@@ -189,6 +189,9 @@ class Trainer:
             msg = str(e)
         elif isinstance(e, OSError):
             msg = f"cannot write {e.filename or self.run_dir}: {e.strerror or e} (free some space or fix the permissions)"
+        elif type(e).__module__.startswith("ray."):  # one the Ray runner does not name itself
+            msg = (f"Ray failed: {type(e).__name__} ({(str(e).splitlines() or [''])[0][:200]}); check the cluster "
+                   f"(`ray status`) and Ray's logs (/tmp/ray/session_latest/logs), then run again")
         else:
             msg = f"unexpected {type(e).__name__} ({(str(e).splitlines() or [''])[0][:200]}): an error of contrl itself"
         step = getattr(e, "step", None)

@@ -63,21 +63,35 @@ def import_ray():
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
+def _ray_environment() -> dict:
+    """The variables of this process's environment that Ray reads or sets."""
+    return {k: v for k, v in os.environ.items() if k.startswith("RAY_") or k == "PYTHONBREAKPOINT"}
+
+
 def loopback_only() -> Callable[[], None]:
     """A local Ray started after this (by this process or a child) binds 127.0.0.1 only. Returns
-    what undoes it (a later ``ray.init(address=...)`` joins a cluster under its routable address)."""
+    what undoes it, and what that Ray's ``ray.init`` set in the environment (Ray 2.60 sets
+    ``RAY_AUTH_MODE=token`` for a new local Ray, after which a ``ray.init(address=...)`` of this
+    process to a cluster without token authentication sees every actor it creates cancelled):
+    a later run of this process joins a cluster as a fresh process would."""
     from ray._private import ray_constants  # Ray reads the variable once, at import: set both
 
-    env, constant = os.environ.get(LOOPBACK_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    before, constant = _ray_environment(), ray_constants.ENABLE_RAY_CLUSTER
     os.environ[LOOPBACK_ENV] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
 
     def undo() -> None:
-        if env is None:
-            os.environ.pop(LOOPBACK_ENV, None)
-        else:
-            os.environ[LOOPBACK_ENV] = env
+        for k in set(_ray_environment()) - set(before):
+            del os.environ[k]
+        os.environ.update(before)
         ray_constants.ENABLE_RAY_CLUSTER = constant
+        try:  # Ray's C++ settings of this process, read from the environment again (as Ray does on setting it)
+            from ray._raylet import AuthenticationTokenLoader, Config
+
+            Config.initialize("")
+            AuthenticationTokenLoader.instance().reset_cache()
+        except (ImportError, AttributeError):  # a Ray without it: nothing cached there
+            pass
 
     return undo
 
