@@ -9,6 +9,7 @@
     python benchmarks/on_ray.py cpu --env LunarLander-v3 --steps 100000 --segments 16
     python benchmarks/on_ray.py transport --segments 1,8,16,32
     python benchmarks/on_ray.py lag --segments 1,16 --seeds 0-6
+    python benchmarks/on_ray.py nodeloss --steps 60000 --seeds 0-2
 
 overhead: the same 8 envs and the same update rule stepped by the synchronous runner (in this
 process, then in env subprocesses) and by the Ray runner (2 actors x 4 envs, then 1 actor x 8),
@@ -26,6 +27,8 @@ transport: what one answer of K gradients costs the driver, each actor and the r
 nothing else happens (arrays of the A3C runs' parameter count, no envs, no model).
 lag: A3C's final return on CartPole-v1 (2 actors x 4 envs, 100k steps) per ``ray_segments`` and
 seed -- whether the policy lag K segments bring costs learning.
+nodeloss: PPO on CartPole-v1 on a loopback cluster of three worker nodes, per seed undisturbed
+and with actor 0's node removed at the first evaluation: the final returns side by side.
 Evaluation is off; each run prints one JSON line with steps/s over the whole run (Ray's start
 included) and in the steady state (first to last progress row), then a table of ratios.
 ``--rounds N`` runs the chosen rows N times, interleaved (every row once per round), and the
@@ -305,6 +308,60 @@ def lag(env: str, steps: int, segments: list[int], seeds: list[int]) -> None:
         print(f"| {k} | {', '.join(f'{x:.1f}' for x in finals[k])} | {statistics.mean(finals[k]):.1f} |")
 
 
+def nodeloss(env: str, steps: int, seeds: list[int]) -> None:
+    """PPO's preset on a loopback cluster (a head without CPUs, three worker nodes of 1 CPU, 2
+    actors x 4 envs): per seed, a run left alone, then the same run with the node actor 0 runs
+    on removed at the first periodic evaluation (a fifth of the steps) -- Ray restarts that
+    actor on the spare node. The final returns side by side, and what the run's log says."""
+    import os
+    import re
+    import threading
+
+    from contrl.api import train
+    from contrl.runners.ray_runner import loopback_only
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # every raylet binds 127.0.0.1 only
+    loopback_only()
+    from ray.cluster_utils import Cluster
+
+    rows = []
+    for seed in seeds:
+        finals = []
+        for lose in (False, True):
+            c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+            for _ in range(3):
+                c.add_node(num_cpus=1)
+            c.wait_for_nodes()
+            with tempfile.TemporaryDirectory() as d:
+                run, lost = f"{d}/run", []
+
+                def hook(step, mean):
+                    if lose and not lost:
+                        with open(f"{run}/messages.log") as f:
+                            node = re.search(r"ray actor 0 runs on node (\w+)", f.read()).group(1)
+                        victim = next(w for w in c.worker_nodes if w.node_id.startswith(node))
+                        lost.append(step)
+                        threading.Timer(0.2, lambda: c.remove_node(victim)).start()
+
+                try:
+                    agent = train("ppo", env, steps=steps, seed=seed, out=run, quiet=True, tensorboard=False,
+                                  overrides={"runner": "ray", "ray_address": c.address, "workers": 2, "n_envs": 4,
+                                             "eval_every": steps // 5}, eval_hook=hook)
+                finally:
+                    c.shutdown()
+                with open(f"{run}/messages.log") as f:
+                    moved = [ln.split(" ", 2)[2].strip() for ln in f if "died" in ln or "moved" in ln]
+            s = agent.summary
+            finals.append(s["final_eval"]["mean"])
+            print(json.dumps({"seed": seed, "node_lost_at": lost[0] if lost else None, "final": round(finals[-1], 1),
+                              "restarts": s["ray_actor_restarts"], "log": moved}), flush=True)
+        rows.append((seed, *finals))
+    print("\n| seed | final, undisturbed | final, a node lost at the first evaluation |")
+    print("|---:|---:|---:|")
+    for seed, a, b in rows:
+        print(f"| {seed} | {a:.1f} | {b:.1f} |")
+
+
 def _ints(text: str) -> list[int]:
     """1,8,16 or 0-6."""
     if "-" in text:
@@ -315,8 +372,8 @@ def _ints(text: str) -> list[int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["overhead", "actors", "nodes", "cpu", "transport", "lag"])
-    ap.add_argument("--env", default=None, help="default LunarLander-v3; lag: CartPole-v1")
+    ap.add_argument("what", choices=["overhead", "actors", "nodes", "cpu", "transport", "lag", "nodeloss"])
+    ap.add_argument("--env", default=None, help="default LunarLander-v3; lag and nodeloss: CartPole-v1")
     ap.add_argument("--steps", type=int, default=100_000)
     ap.add_argument("--algos", default="ppo,a2c,a3c,acer", help="overhead: the algorithms to run (default all)")
     ap.add_argument("--rounds", type=int, default=1, help="overhead: run the rows this many times, interleaved")
@@ -324,10 +381,10 @@ def main() -> None:
     ap.add_argument("--segments", default=None,
                     help="cpu: ray_segments of the Ray runs (default 8); transport: a list (default 1,8,16,32); "
                          "lag: a list (default 1,16)")
-    ap.add_argument("--seeds", default="0-6", help="lag: the seeds (a range 0-6 or a list 0,3)")
+    ap.add_argument("--seeds", default="0-6", help="lag, nodeloss: the seeds (a range 0-6 or a list 0,3)")
     ap.add_argument("--answers", type=int, default=500, help="transport: answers per row")
     args = ap.parse_args()
-    env = args.env or ("CartPole-v1" if args.what == "lag" else "LunarLander-v3")
+    env = args.env or ("CartPole-v1" if args.what in ("lag", "nodeloss") else "LunarLander-v3")
     if args.what == "overhead":
         overhead(env, args.steps, args.algos.split(","), args.rounds, args.only)
     elif args.what == "cpu":
@@ -336,6 +393,8 @@ def main() -> None:
         transport(env, args.answers, _ints(args.segments or "1,8,16,32"))
     elif args.what == "lag":
         lag(env, args.steps, _ints(args.segments or "1,16"), _ints(args.seeds))
+    elif args.what == "nodeloss":
+        nodeloss(env, args.steps, _ints(args.seeds))
     else:
         {"actors": actors, "nodes": nodes}[args.what](env, args.steps)
 
