@@ -10,6 +10,10 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # every Ray a test starts binds 127.0.0.1 only
+# Every Ray a test starts without token authentication, whatever ran before in the process: Ray
+# 2.60's first local ray.init of a process turns it on for the rest of the process (and for the
+# clusters it starts later), so which tests ran first would decide a cluster test's set-up.
+os.environ["RAY_AUTH_MODE"] = "disabled"
 
 
 def flat_params(model) -> torch.Tensor:

@@ -236,7 +236,8 @@ class RayActors:
                 self._undo_loopback()
                 what = (f"cannot join the Ray cluster at '{cfg.ray_address}'" if cfg.ray_address
                         else "cannot start a local Ray")
-                fix = ("start one with `ray start --head` or drop --ray-address to run a local Ray" if cfg.ray_address
+                fix = ("start one with `ray start --head` or drop --ray-address to run a local Ray (a cluster with "
+                       "token authentication also needs RAY_AUTH_MODE=token here)" if cfg.ray_address
                        else "`ray stop` ends Ray processes an earlier session left; then run again")
                 raise ContrlError(f"{what} ({type(e).__name__}: {(str(e).splitlines() or [''])[0]}); {fix}") from None
         have = ray.cluster_resources().get("CPU", 0.0)
